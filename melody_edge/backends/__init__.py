@@ -1,0 +1,7 @@
+"""Backends run the networks; the generation loop (numpy) talks to them through ``Backend``."""
+
+from melody_edge.backends.base import Backend
+
+BACKENDS = ("auto", "torch")
+
+__all__ = ["BACKENDS", "Backend"]

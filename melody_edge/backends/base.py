@@ -1,0 +1,53 @@
+"""The one small interface between the numpy generation loop and whatever runs the networks.
+
+A backend knows nothing about sampling: it maps numpy arrays to numpy arrays. The LM cache it returns is opaque to
+the loop (torch tensors, or numpy arrays for ONNX Runtime) and is only handed back to ``lm_step``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from melody_edge.models.config import ModelConfig
+
+
+class Backend(ABC):
+    """Runs the text encoder + conditioner, LM prefill, LM step, DPD denoiser and VAE on numpy arrays."""
+
+    name: str = "base"
+    config: ModelConfig
+    semantic_tokenizer: Any = None  # melody_edge.tokenizer.SemanticTokenizer when the model ships one
+
+    @abstractmethod
+    def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids and mask -> LM prefix (B, P, D) float32."""
+
+    @abstractmethod
+    def null_prefix(self, batch: int) -> np.ndarray:
+        """The unconditional prefix (B, P, D) used by classifier-free guidance."""
+
+    @abstractmethod
+    def lm_prefill(self, prefix: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
+        """prefix (B, P, D) + given tokens (B, N) int64 (N may be 0) -> (next-token logits (B, V), cache)."""
+
+    @abstractmethod
+    def lm_step(self, token: np.ndarray, pos: int, cache: Any) -> tuple[np.ndarray, Any]:
+        """token (B,) int64 at sequence position ``pos`` -> (logits (B, V), cache)."""
+
+    @abstractmethod
+    def dpd(self, z: np.ndarray, angles: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Noisy latents (B, L, C), per-frame angles (B, L), semantic tokens (B, N) -> v_hat (B, L, C)."""
+
+    @abstractmethod
+    def vae_decode(self, z: np.ndarray) -> np.ndarray:
+        """Diffusion-space latents (B, L, C) in [-1, 1] -> audio (B, L * hop) float32."""
+
+    @abstractmethod
+    def vae_encode(self, audio: np.ndarray) -> np.ndarray:
+        """Audio (B, T) float32 at 24 kHz -> diffusion-space latents (B, ceil(T / hop), C)."""
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name}

@@ -1,0 +1,78 @@
+"""PyTorch backend: runs a ``MeLoDy`` checkpoint (or a random preset) with torch on the CPU or a GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from melody_edge.backends.base import Backend
+from melody_edge.errors import BackendUnavailableError
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "the torch backend needs PyTorch: pip install 'melody-edge[torch]' (or use an exported bundle)") from e
+    return torch
+
+
+class TorchBackend(Backend):
+    """Wraps a ``melody_edge.models.melody.MeLoDy`` and the MiniLM text encoder; numpy in, numpy out."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, device: str = "cpu", semantic_tokenizer: Any = None) -> None:
+        torch = _import_torch()
+        from melody_edge.models.text import MiniLM
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.cfg
+        self.text_encoder = MiniLM().to(self.device)
+        self.semantic_tokenizer = semantic_tokenizer
+
+    def _t(self, a: np.ndarray):
+        return self._torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @staticmethod
+    def _np(t) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+    def encode_text(self, input_ids, attention_mask):
+        with self._torch.inference_mode():
+            states = self.text_encoder(self._t(input_ids), self._t(attention_mask))
+            return self._np(self.model.lm.cond(states, self._t(attention_mask)))
+
+    def null_prefix(self, batch):
+        with self._torch.inference_mode():
+            return self._np(self.model.lm.cond.null(batch))
+
+    def lm_prefill(self, prefix, tokens):
+        with self._torch.inference_mode():
+            logits, cache = self.model.lm.prefill(self._t(prefix), self._t(tokens.astype(np.int64)))
+            return self._np(logits), cache
+
+    def lm_step(self, token, pos, cache):
+        with self._torch.inference_mode():
+            pos_t = self._torch.tensor(pos, dtype=self._torch.int64, device=self.device)
+            logits, cache = self.model.lm.step(self._t(token.astype(np.int64)), pos_t, cache)
+            return self._np(logits), cache
+
+    def dpd(self, z, angles, tokens):
+        with self._torch.inference_mode():
+            return self._np(self.model.dpd(self._t(z), self._t(angles), self._t(tokens.astype(np.int64))))
+
+    def vae_decode(self, z):
+        with self._torch.inference_mode():
+            return self._np(self.model.vae.decode_from_diffusion(self._t(z)))
+
+    def vae_encode(self, audio):
+        with self._torch.inference_mode():
+            return self._np(self.model.vae.encode_for_diffusion(self._t(audio)))
+
+    def info(self):
+        return {"backend": self.name, "device": str(self.device), "threads": self._torch.get_num_threads()}

@@ -1,0 +1,376 @@
+"""``Generator``: text (or audio) in, music out. One internal path serves ``generate``, ``stream`` and
+``continue_audio``: MeLoDy's Algorithm 1 for the first window and Algorithm 2 (continuation) after it.
+
+Phases of every segment (numbers match the comments below):
+  1. text -> MiniLM token states -> LM soft prefix (once per call)
+  2. semantic LM writes the segment's 25 Hz tokens (prefill with the kept tokens, then one step per token)
+  3. DPD denoises the segment's latents from pi/2 to 0 with the angle schedule; kept chunks stay at angle 0
+  4. VAE decoder turns the new latents (with one chunk of left context) into 24 kHz audio
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melody_edge.audio import Audio
+from melody_edge.backends import BACKENDS, Backend
+from melody_edge.errors import BundleError, ConfigError, InvalidInputError
+from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
+from melody_edge.text import clean_prompt, default_tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_GENERATE_SECONDS = 600.0  # generate() holds the whole song in memory; use stream() for longer or endless music
+DEFAULT_STEPS = 8
+DEFAULT_GUIDANCE = 2.5  # DPD classifier-free guidance scale (paper: 2.5)
+DEFAULT_LM_GUIDANCE = 1.0
+ASSETS = Path(__file__).parent / "assets"
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class GenerationStats:
+    """Work done by one call: exact forward passes and wall seconds per stage (text, lm, dpd, vae)."""
+
+    passes: dict[str, int] = field(default_factory=lambda: {"text": 0, "lm": 0, "dpd": 0, "vae": 0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"text": 0.0, "lm": 0.0, "dpd": 0.0, "vae": 0.0})
+    audio_seconds: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: compute seconds per second of audio."""
+        return self.total_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passes": dict(self.passes), "seconds": dict(self.seconds), "audio_seconds": self.audio_seconds,
+                "rtf": self.rtf}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    steps: int
+    guidance: float
+    lm_guidance: float
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    schedule: str
+
+
+def _check_seconds(seconds: object, maximum: float | None, what: str = "seconds") -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+    s = float(seconds)
+    if not math.isfinite(s):
+        raise InvalidInputError(f"{what} must be a finite number, got {s}")
+    if s <= 0:
+        raise InvalidInputError(f"{what} must be > 0, got {s}")
+    if maximum is not None and s > maximum:
+        raise InvalidInputError(f"{what}={s} is above the maximum of {maximum} s for generate(); "
+                                "use stream() for longer music")
+    return s
+
+
+class Generator:
+    """Text-to-music generator (MeLoDy: semantic LM + dual-path diffusion + VAE-GAN decoder).
+
+    Args:
+        bundle: ``"tiny"`` (the bundled trained model), ``"debug"`` or ``"paper"`` (random weights, for tests and
+            cost measurements), or a path to a checkpoint folder (``config.json`` + ``model.safetensors``).
+        backend: ``"auto"`` or ``"torch"``.
+        device: torch device for the torch backend (``"cpu"``, ``"cuda"``).
+
+    Example::
+
+        gen = Generator()
+        audio = gen.generate("a calm piano waltz in D major", seconds=10, seed=0)
+        audio.save("waltz.wav")
+    """
+
+    def __init__(self, bundle: str | os.PathLike = "tiny", backend: str = "auto", *, device: str = "cpu") -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        self.backend: Backend = _load_backend(bundle, backend, device)
+        self.config = self.backend.config
+        self.bundle = str(bundle)
+
+    @classmethod
+    def from_backend(cls, backend: Backend) -> Generator:
+        """Wrap an already-built backend (used by conversion and tests)."""
+        gen = cls.__new__(cls)
+        gen.backend, gen.config, gen.bundle = backend, backend.config, backend.name
+        return gen
+
+    # read-only properties -------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate in Hz (24 kHz)."""
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        """Semantic token rate in Hz (25)."""
+        return float(self.config.token_rate)
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Seconds of audio per streamed chunk (a quarter of the model's window)."""
+        return self.config.chunk_tokens / self.config.token_rate
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What is loaded: preset, rates, window, backend."""
+        c = self.config
+        return {"model": c.name, "bundle": self.bundle, "sample_rate": self.sample_rate,
+                "token_rate": c.token_rate, "latent_rate": c.vae.frame_rate, "window_seconds": c.window_seconds,
+                "chunk_seconds": self.chunk_seconds, "max_generate_seconds": MAX_GENERATE_SECONDS,
+                **self.backend.info()}
+
+    # public API -------------------------------------------------------------------------------------------
+    def generate(self, prompt: str, seconds: float = 10.0, *, seed: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, lm_guidance: float | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
+                 progress: Progress | None = None) -> Audio:
+        """Generate ``seconds`` of music from a text prompt.
+
+        Args:
+            prompt: a description such as "a slow chorale for string ensemble in G major" (<= 500 characters).
+            seconds: duration, 0 < seconds <= 600.
+            seed: makes the result reproducible; ``None`` draws fresh entropy.
+            steps: diffusion steps (default 8); guidance: DPD CFG scale (default 2.5); lm_guidance: LM CFG scale
+                (default 1.0 = off); temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
+            progress: optional callback ``(stage, done, total)``.
+
+        Returns:
+            ``Audio`` (mono float32 at ``sample_rate``); ``audio.stats`` holds a ``GenerationStats``.
+        """
+        seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        text = clean_prompt(prompt)
+        stats = GenerationStats()
+        pieces = [a.samples for a in self._segments(text, seconds, settings, seed, stats, progress,
+                                                    first_tokens=self.config.window_tokens)]
+        return _with_stats(Audio(np.concatenate(pieces), self.sample_rate), stats)
+
+    def stream(self, prompt: str, *, seconds: float | None = None, seed: int | None = None,
+               steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               schedule: str = "paper", progress: Progress | None = None) -> Iterator[Audio]:
+        """Yield music chunk by chunk (``chunk_seconds`` each, the last one may be shorter) with constant memory.
+
+        ``seconds=None`` streams forever (MeLoDy's Algorithm 2: drop the oldest chunk, append noise, the LM writes
+        the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk.
+        """
+        if seconds is not None:
+            seconds = _check_seconds(seconds, None)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        text = clean_prompt(prompt)
+        return self._stream(text, seconds, settings, seed, progress)
+
+    def _stream(self, text, seconds, settings, seed, progress) -> Iterator[Audio]:
+        stats = GenerationStats()
+        for chunk in self._segments(text, seconds, settings, seed, stats, progress,
+                                    first_tokens=self.config.chunk_tokens):
+            yield _with_stats(chunk, stats)
+            stats = GenerationStats()
+
+    def continue_audio(self, audio: Audio, prompt: str, seconds: float = 10.0, *, seed: int | None = None,
+                       steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       schedule: str = "paper", progress: Progress | None = None) -> Audio:
+        """Continue ``audio`` for ``seconds`` more, following ``prompt``. Returns the prompt audio (trimmed to whole
+        40 ms token frames) followed by the continuation. The prompt is encoded by the VAE and tokenized by the
+        semantic tokenizer; its last window is kept as context (Algorithm 2)."""
+        if not isinstance(audio, Audio):
+            raise InvalidInputError(f"audio must be a melody_edge.Audio, got {type(audio).__name__}")
+        seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        text = clean_prompt(prompt)
+        if self.backend.semantic_tokenizer is None:
+            raise BundleError("this model has no semantic tokenizer (tokenizer.npz), so it cannot continue audio")
+        if not np.isfinite(audio.samples).all():
+            raise InvalidInputError("audio prompt contains NaN or inf samples")
+        c = self.config
+        samples_per_token = c.sample_rate // c.token_rate
+        x = audio.resample(c.sample_rate).samples
+        n_tok = min(len(x) // samples_per_token, c.window_tokens - c.chunk_tokens)
+        if n_tok < 1:
+            raise InvalidInputError(f"audio prompt is shorter than one token frame ({samples_per_token} samples)")
+        total_tok = len(x) // samples_per_token
+        head = x[: total_tok * samples_per_token]
+        ctx = head[len(head) - n_tok * samples_per_token:]
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        z = self.backend.vae_encode(ctx[None])[0]  # (n_tok * fpt, C)
+        tokens = self.backend.semantic_tokenizer.encode(ctx)[:n_tok].astype(np.int64)
+        stats.passes["vae"] += 1
+        stats.seconds["vae"] += time.perf_counter() - t0
+        state = {"tokens": tokens, "latents": z[: n_tok * c.frames_per_token]}
+        pieces = [a.samples for a in self._segments(text, seconds, settings, seed, stats, progress, state=state)]
+        return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats)
+
+    # internals --------------------------------------------------------------------------------------------
+    def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
+        steps = DEFAULT_STEPS if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
+            raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
+        get_schedule(schedule, int(steps))
+        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        lm_guidance = DEFAULT_LM_GUIDANCE if lm_guidance is None else lm_guidance
+        for name, val in (("guidance", guidance), ("lm_guidance", lm_guidance), ("temperature", temperature)):
+            if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0 or val > 100:
+                raise InvalidInputError(f"{name} must be a number in (0, 100], got {val!r}")
+        return _Settings(int(steps), float(guidance), float(lm_guidance), float(temperature), top_k, top_p, schedule)
+
+    def _prefix(self, text: str, lm_guidance: float, stats: GenerationStats) -> np.ndarray:
+        # phase 1: text -> soft prefix (+ the null prefix when the LM uses CFG: one batched pass)
+        t0 = time.perf_counter()
+        ids, mask = default_tokenizer()([text])
+        prefix = self.backend.encode_text(ids, mask)
+        if lm_guidance != 1.0:
+            prefix = np.concatenate([prefix, self.backend.null_prefix(1)])
+        stats.passes["text"] += 1
+        stats.seconds["text"] += time.perf_counter() - t0
+        return prefix
+
+    def _lm(self, prefix, kept: np.ndarray, n_new: int, s: _Settings, rng, stats, progress) -> np.ndarray:
+        # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all)
+        t0 = time.perf_counter()
+        B = prefix.shape[0]
+        logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0))
+        pos = prefix.shape[1] + len(kept)
+        out = np.empty(n_new, dtype=np.int64)
+        for i in range(n_new):
+            if i:
+                logits, cache = self.backend.lm_step(np.repeat(out[i - 1:i], B), pos, cache)
+                pos += 1
+            lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
+            out[i] = sample_token(lg, rng, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
+            if progress:
+                progress("lm", i + 1, n_new)
+        stats.passes["lm"] += n_new
+        stats.seconds["lm"] += time.perf_counter() - t0
+        return out
+
+    def _dpd(self, tokens, kept_z, n_new_frames, s: _Settings, rng, stats, progress) -> np.ndarray:
+        # phase 3: v-diffusion from pi/2 to 0 on the new frames; kept frames are given (angle 0, Algorithm 2)
+        t0 = time.perf_counter()
+        C = self.config.vae.latent_dim
+        null = np.full_like(tokens, self.config.dpd.sem_vocab)
+        n_kept = len(kept_z)
+        z0 = np.concatenate([kept_z, rng.standard_normal((n_new_frames, C), dtype=np.float32)])[None]
+        fixed = np.arange(n_kept + n_new_frames) < n_kept
+
+        def denoise(z, angles, guidance):
+            stats.passes["dpd"] += 1
+            if guidance == 1.0:
+                return self.backend.dpd(z, angles, tokens[None])
+            v = self.backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]))
+            return v[1:] + guidance * (v[:1] - v[1:])
+
+        z = sample(denoise, z0, get_schedule(s.schedule, s.steps), fixed=fixed, z_fixed=z0, guidance=s.guidance,
+                   progress=(lambda d, t: progress("dpd", d, t)) if progress else None)
+        stats.seconds["dpd"] += time.perf_counter() - t0
+        return z[0]
+
+    def _vae(self, z_ctx: np.ndarray, n_new_frames: int, n_samples: int, stats) -> np.ndarray:
+        # phase 4: decode new frames with left context; keep only the new frames' samples
+        t0 = time.perf_counter()
+        audio = self.backend.vae_decode(z_ctx[None])[0]
+        hop = self.config.vae.hop
+        new = audio[len(audio) - n_new_frames * hop:][:n_samples]
+        stats.passes["vae"] += 1
+        stats.seconds["vae"] += time.perf_counter() - t0
+        return np.clip(new, -1.0, 1.0).astype(np.float32)
+
+    def _segments(self, text: str, seconds: float | None, s: _Settings, seed: int | None, stats: GenerationStats,
+                  progress: Progress | None, first_tokens: int | None = None,
+                  state: dict[str, np.ndarray] | None = None) -> Iterator[Audio]:
+        """Yield consecutive pieces of audio. The state (a plain dict of arrays) holds the window's kept tokens and
+        latents; each new segment keeps at most ``window - chunk`` of them, so memory stays constant."""
+        c = self.config
+        rng = np.random.default_rng(seed)
+        spt = c.sample_rate // c.token_rate  # samples per token (960)
+        remaining = None if seconds is None else int(round(seconds * c.sample_rate))
+        prefix = self._prefix(text, s.lm_guidance, stats)
+        state = state or {"tokens": np.zeros(0, np.int64), "latents": np.zeros((0, c.vae.latent_dim), np.float32)}
+        keep_tok = c.window_tokens - c.chunk_tokens
+        seg_tokens = first_tokens or c.chunk_tokens
+        while remaining is None or remaining > 0:
+            n_samples = seg_tokens * spt if remaining is None else min(seg_tokens * spt, remaining)
+            n_tok = -(-n_samples // spt)
+            n_frames = -(-n_samples // c.vae.hop)
+            kept_tok = state["tokens"][max(0, len(state["tokens"]) - keep_tok):]
+            kept_z = state["latents"][len(state["latents"]) - len(kept_tok) * c.frames_per_token:]
+            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress)
+            tokens = np.concatenate([kept_tok, new_tok])
+            z = self._dpd(tokens, kept_z, n_frames, s, rng, stats, progress)
+            ctx = min(len(kept_z), c.chunk_frames)
+            audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, stats)
+            stats.audio_seconds += n_samples / c.sample_rate
+            state = {"tokens": tokens, "latents": z}
+            if remaining is not None:
+                remaining -= n_samples
+            seg_tokens = c.chunk_tokens
+            yield Audio(audio, c.sample_rate)
+
+
+def _with_stats(audio: Audio, stats: GenerationStats) -> Audio:
+    object.__setattr__(audio, "stats", stats)
+    return audio
+
+
+def _load_backend(bundle: str | os.PathLike, backend: str, device: str) -> Backend:
+    from melody_edge.models.config import PRESETS
+
+    name = str(bundle)
+    if isinstance(bundle, str) and name in PRESETS and name != "tiny":
+        return _torch_backend_random(name, device)
+    folder = ASSETS / "tiny" if name == "tiny" else Path(bundle)
+    if not folder.exists():
+        if name == "tiny":
+            raise BundleError(f"the bundled 'tiny' model is missing from this install ({folder}); reinstall "
+                              "melody-edge, or pass bundle='debug' for a random test model")
+        raise ConfigError(f"unknown bundle {name!r}: neither a preset ({sorted(PRESETS)}) nor an existing folder")
+    return _torch_backend_checkpoint(folder, device)
+
+
+def _torch_backend_random(name: str, device: str) -> Backend:
+    from melody_edge.backends.torch_backend import TorchBackend, _import_torch
+
+    _import_torch()
+    from melody_edge.models.config import get_config
+    from melody_edge.models.melody import MeLoDy
+    from melody_edge.tokenizer import SemanticTokenizer
+
+    cfg = get_config(name)
+    return TorchBackend(MeLoDy.random(cfg), device, SemanticTokenizer.random(cfg.lm.vocab_size, seed=0))
+
+
+def _torch_backend_checkpoint(folder: Path, device: str) -> Backend:
+    from melody_edge.backends.torch_backend import TorchBackend, _import_torch
+
+    _import_torch()
+    from melody_edge.models.melody import MeLoDy
+    from melody_edge.tokenizer import SemanticTokenizer
+
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is not a folder; pass a checkpoint folder (config.json + model.safetensors)")
+    model = MeLoDy.load(folder)
+    tok_path = folder / "tokenizer.npz"
+    tokenizer = SemanticTokenizer.load(tok_path) if tok_path.exists() else None
+    return TorchBackend(model, device, tokenizer)

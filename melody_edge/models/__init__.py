@@ -1,0 +1,1 @@
+"""PyTorch definitions of the MeLoDy networks and their configs (needs the ``torch`` extra)."""

@@ -1,0 +1,239 @@
+"""Model configurations and the three presets: ``debug``, ``tiny`` and ``paper``.
+
+Every network of MeLoDy (Lam et al. 2023) has a config dataclass here; ``ModelConfig`` ties them together
+with the rates they share. Preset sizes:
+
+- ``debug``: random weights, builds in well under a second; used by the tests of every path.
+- ``tiny``: the bundled model, trained in this repo on 2 CPU cores (see MODEL_CARD.md).
+- ``paper``: MeLoDy's sizes (LM 429.5M, DPD 296.6M, VAE 40M + 60.1M), random weights, for cost measurements.
+
+One deliberate deviation from the paper: the generation window is 10.24 s, not 10 s, so that each of the
+4 chunks holds a whole number of 25 Hz semantic tokens (64) and latent frames; 10 s gives 62.5 tokens per chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from melody_edge.errors import ConfigError
+
+SAMPLE_RATE = 24_000  # the paper's rate
+TOKEN_RATE = 25  # semantic tokens per second (Wav2Vec2-Conformer at 25 Hz in the paper)
+TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
+TEXT_MAX_TOKENS = 64  # MiniLM word pieces kept per prompt; captions here are far shorter
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text conditioning: MiniLM token states -> ``n_prefix`` soft prefix vectors (a learned-query resampler).
+
+    Why a soft prefix and not MuLan-style RVQ tokens: the RVQ prefix quantizes one pooled embedding, and MiniLM's
+    pooled embedding barely separates "G major" from "D minor" (measured cosine > 0.95 between such captions);
+    learned queries cross-attending to every token state keep words such as the key and the tempo apart.
+    """
+
+    n_prefix: int = 8  # MuLan gives 12 tokens; 8 learned queries suffice for our captions
+    n_heads: int = 4
+    dropout_p: float = 0.1  # conditioning dropout for classifier-free guidance (paper: 0.1)
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """LLaMA-style decoder over semantic tokens (RoPE, RMSNorm, SwiGLU, static-shape KV cache)."""
+
+    vocab_size: int = 256  # k-means clusters of the semantic tokenizer (paper: 1024)
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 688  # SwiGLU hidden, ~8/3 * dim rounded to a multiple of 16
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass(frozen=True)
+class DPDConfig:
+    """Dual-path diffusion denoiser (v-prediction on the angle parameterization)."""
+
+    latent_dim: int = 32  # = VAEConfig.latent_dim
+    dim: int = 192
+    n_blocks: int = 3
+    n_heads: int = 4
+    coarse_layers: int = 1  # RoFormer layers across merged segments, per block
+    fine_layers: int = 1  # bidirectional GRU layers inside each segment, per block (SRU does not export)
+    ffn_mult: int = 4
+    segment: int = 32  # frames per segment; segments overlap by half
+    merge: int = 8  # a segment is merged to segment // merge vectors for the coarse path
+    sem_vocab: int = 256  # = LMConfig.vocab_size; index sem_vocab is the "no condition" token for CFG
+    cond_dropout: float = 0.1  # paper: 0.1
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """VAE-GAN over 24 kHz audio: a frame-rate ConvNeXt encoder and decoder with an iSTFT head.
+
+    The iSTFT is written as a ConvTranspose1d overlap-add so the decoder exports to ONNX and Core ML.
+    """
+
+    hop: int = 480  # 24 kHz / 480 = 50 Hz latents (paper: 96 -> 250 Hz)
+    latent_dim: int = 32  # paper: 16; the tiny model trades rate for width
+    enc_dim: int = 128
+    enc_layers: int = 3
+    dec_dim: int = 256
+    dec_layers: int = 4
+    kernel: int = 7
+    ffn_mult: int = 3
+    latent_scale: float = 3.0  # latents / 3, clipped to [-1, 1] (paper B.1)
+    # discriminators (training only)
+    mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    mrd_ffts: tuple[int, ...] = (512, 1024, 2048)
+    disc_channels: int = 16
+    # loss weights (paper B.1)
+    w_stft: float = 50.0
+    w_fm: float = 20.0
+    w_gan: float = 1.0
+    w_kl: float = 5e-3
+
+    @property
+    def n_fft(self) -> int:
+        return 4 * self.hop
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """All of one model: the networks' configs and the rates and window they share."""
+
+    name: str = "tiny"
+    text: TextConfig = field(default_factory=TextConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    dpd: DPDConfig = field(default_factory=DPDConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    window_tokens: int = 256  # 10.24 s at 25 Hz: the training window of the LM and the DPD
+    n_chunks: int = 4  # paper: 4 chunks per window, each with its own angle
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def token_rate(self) -> int:
+        return TOKEN_RATE
+
+    @property
+    def frames_per_token(self) -> int:
+        return int(round(self.vae.frame_rate / TOKEN_RATE))
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_tokens * self.frames_per_token
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_tokens / TOKEN_RATE
+
+    @property
+    def chunk_tokens(self) -> int:
+        return self.window_tokens // self.n_chunks
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.chunk_tokens * self.frames_per_token
+
+    @property
+    def lm_max_len(self) -> int:
+        """Static KV-cache length: the text prefix plus one window of tokens."""
+        return self.text.n_prefix + self.window_tokens
+
+    def validate(self) -> ModelConfig:
+        if self.dpd.latent_dim != self.vae.latent_dim:
+            raise ConfigError(f"dpd.latent_dim {self.dpd.latent_dim} != vae.latent_dim {self.vae.latent_dim}")
+        if self.dpd.sem_vocab != self.lm.vocab_size:
+            raise ConfigError(f"dpd.sem_vocab {self.dpd.sem_vocab} != lm.vocab_size {self.lm.vocab_size}")
+        if SAMPLE_RATE % self.vae.hop or abs(self.vae.frame_rate / TOKEN_RATE - self.frames_per_token) > 1e-9:
+            raise ConfigError(f"vae.hop {self.vae.hop} must give a latent rate that is a multiple of {TOKEN_RATE} Hz")
+        if self.window_tokens % self.n_chunks:
+            raise ConfigError(f"window_tokens {self.window_tokens} must divide into {self.n_chunks} chunks")
+        if self.dpd.segment % 2 or self.dpd.segment % self.dpd.merge:
+            raise ConfigError("dpd.segment must be even and a multiple of dpd.merge")
+        if self.lm.dim % self.lm.n_heads or self.dpd.dim % self.dpd.n_heads:
+            raise ConfigError("model dims must be multiples of their head counts")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        try:
+            vae = dict(d["vae"])
+            for key in ("mpd_periods", "mrd_ffts"):
+                if key in vae:
+                    vae[key] = tuple(vae[key])
+            return cls(
+                name=d["name"],
+                text=TextConfig(**d["text"]),
+                lm=LMConfig(**d["lm"]),
+                dpd=DPDConfig(**d["dpd"]),
+                vae=VAEConfig(**vae),
+                window_tokens=d["window_tokens"],
+                n_chunks=d["n_chunks"],
+            ).validate()
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"model config is malformed ({e!r}); re-export the checkpoint with this version") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _debug() -> ModelConfig:
+    return ModelConfig(
+        name="debug",
+        text=TextConfig(n_prefix=4, n_heads=2),
+        lm=LMConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, ffn_dim=64),
+        dpd=DPDConfig(latent_dim=8, dim=32, n_blocks=2, n_heads=2, segment=16, merge=4, sem_vocab=32),
+        vae=VAEConfig(hop=480, latent_dim=8, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=1, disc_channels=4,
+                      mrd_ffts=(256, 512)),
+        window_tokens=64,  # 2.56 s: 4 chunks of 0.64 s
+        n_chunks=4,
+    )
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(name="tiny")
+
+
+def _paper() -> ModelConfig:
+    # Sizes tuned so parameter counts match the paper within 5% (tests/models/test_param_counts.py).
+    return ModelConfig(
+        name="paper",
+        text=TextConfig(n_prefix=12, n_heads=8),
+        lm=LMConfig(vocab_size=1024, dim=1536, n_layers=14, n_heads=16, ffn_dim=4096),
+        dpd=DPDConfig(latent_dim=16, dim=768, n_blocks=8, n_heads=12, coarse_layers=2, fine_layers=2,
+                      segment=64, merge=8, sem_vocab=1024),
+        vae=VAEConfig(hop=96, latent_dim=16, enc_dim=640, enc_layers=12, dec_dim=640, dec_layers=18, ffn_mult=4,
+                      disc_channels=32),
+        window_tokens=256,
+        n_chunks=4,
+    )
+
+
+PRESETS = {"debug": _debug, "tiny": _tiny, "paper": _paper}
+PAPER_PARAMS = {"lm": 429.5e6, "dpd": 296.6e6, "vae_encoder": 40.0e6, "vae_decoder": 60.1e6}
+
+
+def get_config(name: str) -> ModelConfig:
+    """Return the config of a preset (``debug``, ``tiny`` or ``paper``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]().validate()

@@ -1,0 +1,77 @@
+"""``MeLoDy``: the three trained networks of one model (semantic LM with its text conditioner, DPD, VAE) and
+their checkpoint format: a folder with ``config.json`` + ``model.safetensors`` (+ ``tokenizer.npz``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from melody_edge.errors import BundleError
+from melody_edge.models.config import ModelConfig
+from melody_edge.models.dpd import DPD
+from melody_edge.models.lm import SemanticLM
+from melody_edge.models.vae import VAE
+
+CHECKPOINT_FORMAT = 1
+
+
+class MeLoDy(nn.Module):
+    """Container of the LM (+ text conditioner), the DPD and the VAE (encoder and decoder; no discriminators)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lm = SemanticLM(cfg.lm, cfg.text, cfg.lm_max_len)
+        self.dpd = DPD(cfg.dpd, cfg.frames_per_token)
+        self.vae = VAE(cfg.vae)
+
+    @classmethod
+    def random(cls, cfg: ModelConfig, seed: int = 0) -> MeLoDy:
+        """Randomly initialised model (deterministic in ``seed``), for tests and cost measurements."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(cfg).eval()
+
+    def save(self, folder: str | Path, parts: tuple[str, ...] = ("lm", "dpd", "vae"), extra: dict | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (only the given parts' weights) into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k.split(".")[0] in parts}
+        save_file(state, str(folder / "model.safetensors"))
+        meta = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "parts": list(parts), **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, strict: bool = True) -> MeLoDy:
+        """Load a checkpoint folder written by ``save``; raise ``BundleError`` saying what is wrong."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise BundleError(f"checkpoint file missing: {p}; train or export the model first (see README)")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise BundleError(f"{folder} has checkpoint format {meta.get('format')!r}; this version reads "
+                              f"{CHECKPOINT_FORMAT}. Upgrade melody-edge or re-save the checkpoint.")
+        model = cls(ModelConfig.from_dict(meta["config"]))
+        try:
+            state = load_file(str(w_path))
+        except (SafetensorError, OSError) as e:
+            raise BundleError(f"{w_path} is corrupt ({e}); restore it from the package or retrain") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or (strict and missing):
+            raise BundleError(f"{w_path} does not match its config: missing {missing[:3]}..., "
+                              f"unexpected {unexpected[:3]}...")
+        return model.eval()

@@ -1,0 +1,55 @@
+"""Token sampling for the semantic LM of MeLoDy (Lam et al. 2023, sec. 3.2): guidance, temperature, top-k, top-p."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from melody_edge.errors import InvalidInputError
+
+
+def apply_cfg(cond_logits: np.ndarray, uncond_logits: np.ndarray, scale: float) -> np.ndarray:
+    """Classifier-free guidance on logits, ``uncond + scale * (cond - uncond)``; scale 1 returns ``cond`` exactly."""
+    if cond_logits.shape != uncond_logits.shape:
+        raise InvalidInputError(f"cond and uncond logits must have one shape, got {cond_logits.shape} and "
+                                f"{uncond_logits.shape}")
+    return cond_logits + (scale - 1.0) * (cond_logits - uncond_logits)
+
+
+def greedy(logits: np.ndarray) -> np.ndarray:
+    """The most likely token of each row of ``logits`` (B, V), as int64 (B,)."""
+    _check_logits(logits)
+    return np.argmax(logits, axis=-1).astype(np.int64)
+
+
+def sample_token(logits: np.ndarray, rng: np.random.Generator, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None) -> np.ndarray:
+    """Draw one token per row of ``logits`` (B, V) after temperature, top-k then nucleus (top-p) filtering."""
+    _check_logits(logits)
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise InvalidInputError(f"temperature must be a finite number > 0 (use greedy() for 0), got {temperature}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise InvalidInputError(f"top_k must be an integer >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InvalidInputError(f"top_p must be in (0, 1] or None, got {top_p}")
+    x = logits.astype(np.float64)
+    order = np.argsort(-x, axis=-1, kind="stable")  # descending; ties keep the lower id first
+    x = np.take_along_axis(x, order, axis=-1) / temperature
+    if top_k is not None:
+        x[:, top_k:] = -np.inf
+    p = np.exp(x - x[:, :1])  # the row max is the first entry, so this is a stable softmax numerator
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None:
+        p = np.where(np.cumsum(p, axis=-1) - p < top_p, p, 0.0)  # keep the smallest prefix with mass >= top_p
+    n_kept = np.count_nonzero(p, axis=-1)  # both filters keep a prefix of the sorted row
+    cdf = np.cumsum(p, axis=-1)
+    u = rng.random(logits.shape[0])[:, None] * cdf[:, -1:]
+    idx = np.minimum(np.count_nonzero(cdf <= u, axis=-1), n_kept - 1)
+    return np.take_along_axis(order, idx[:, None], axis=-1)[:, 0].astype(np.int64)
+
+
+def _check_logits(logits: np.ndarray) -> None:
+    """Logits must be (B, V) with no NaN or +inf and at least one finite entry per row."""
+    if logits.ndim != 2 or logits.shape[1] < 1:
+        raise InvalidInputError(f"logits must have shape (batch, vocab) with vocab >= 1, got {logits.shape}")
+    if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits.max(axis=-1)).all():
+        raise InvalidInputError("logits must be finite or -inf, with at least one finite entry per row")
