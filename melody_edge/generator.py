@@ -55,6 +55,15 @@ class GenerationStats:
         """Real-time factor: compute seconds per second of audio."""
         return self.total_seconds / self.audio_seconds if self.audio_seconds else float("nan")
 
+    def add(self, other: GenerationStats) -> GenerationStats:
+        """Accumulate another call's or segment's stats into this one."""
+        for k, v in other.passes.items():
+            self.passes[k] = self.passes.get(k, 0) + v
+        for k, v in other.seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        self.audio_seconds += other.audio_seconds
+        return self
+
     def as_dict(self) -> dict[str, Any]:
         return {"passes": dict(self.passes), "seconds": dict(self.seconds), "audio_seconds": self.audio_seconds,
                 "rtf": self.rtf}
@@ -162,8 +171,7 @@ class Generator:
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
         stats = GenerationStats()
-        pieces = [a.samples for a in self._segments(text, seconds, settings, seed, stats, progress,
-                                                    first_tokens=self.config.window_tokens)]
+        pieces = _collect(self._segments(text, seconds, settings, seed, progress, self.config.window_tokens), stats)
         return _with_stats(Audio(np.concatenate(pieces), self.sample_rate), stats)
 
     def stream(self, prompt: str, *, seconds: float | None = None, seed: int | None = None,
@@ -179,14 +187,7 @@ class Generator:
             seconds = _check_seconds(seconds, None)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
-        return self._stream(text, seconds, settings, seed, progress)
-
-    def _stream(self, text, seconds, settings, seed, progress) -> Iterator[Audio]:
-        stats = GenerationStats()
-        for chunk in self._segments(text, seconds, settings, seed, stats, progress,
-                                    first_tokens=self.config.chunk_tokens):
-            yield _with_stats(chunk, stats)
-            stats = GenerationStats()
+        return self._segments(text, seconds, settings, seed, progress, self.config.chunk_tokens)
 
     def continue_audio(self, audio: Audio, prompt: str, seconds: float = 10.0, *, seed: int | None = None,
                        steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
@@ -220,7 +221,7 @@ class Generator:
         stats.passes["vae"] += 1
         stats.seconds["vae"] += time.perf_counter() - t0
         state = {"tokens": tokens, "latents": z[: n_tok * c.frames_per_token]}
-        pieces = [a.samples for a in self._segments(text, seconds, settings, seed, stats, progress, state=state)]
+        pieces = _collect(self._segments(text, seconds, settings, seed, progress, c.chunk_tokens, state), stats)
         return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats)
 
     # internals --------------------------------------------------------------------------------------------
@@ -297,19 +298,21 @@ class Generator:
         stats.seconds["vae"] += time.perf_counter() - t0
         return np.clip(new, -1.0, 1.0).astype(np.float32)
 
-    def _segments(self, text: str, seconds: float | None, s: _Settings, seed: int | None, stats: GenerationStats,
-                  progress: Progress | None, first_tokens: int | None = None,
+    def _segments(self, text: str, seconds: float | None, s: _Settings, seed: int | None,
+                  progress: Progress | None, first_tokens: int,
                   state: dict[str, np.ndarray] | None = None) -> Iterator[Audio]:
-        """Yield consecutive pieces of audio. The state (a plain dict of arrays) holds the window's kept tokens and
-        latents; each new segment keeps at most ``window - chunk`` of them, so memory stays constant."""
+        """Yield consecutive pieces of audio, each with its own ``.stats``. The state (a plain dict of arrays) holds
+        the window's kept tokens and latents; a new segment keeps at most ``window - chunk`` of them, so memory stays
+        constant however long the stream."""
         c = self.config
         rng = np.random.default_rng(seed)
         spt = c.sample_rate // c.token_rate  # samples per token (960)
         remaining = None if seconds is None else int(round(seconds * c.sample_rate))
+        stats = GenerationStats()
         prefix = self._prefix(text, s.lm_guidance, stats)
         state = state or {"tokens": np.zeros(0, np.int64), "latents": np.zeros((0, c.vae.latent_dim), np.float32)}
         keep_tok = c.window_tokens - c.chunk_tokens
-        seg_tokens = first_tokens or c.chunk_tokens
+        seg_tokens = first_tokens
         while remaining is None or remaining > 0:
             n_samples = seg_tokens * spt if remaining is None else min(seg_tokens * spt, remaining)
             n_tok = -(-n_samples // spt)
@@ -326,7 +329,16 @@ class Generator:
             if remaining is not None:
                 remaining -= n_samples
             seg_tokens = c.chunk_tokens
-            yield Audio(audio, c.sample_rate)
+            yield _with_stats(Audio(audio, c.sample_rate), stats)
+            stats = GenerationStats()
+
+
+def _collect(segments: Iterator[Audio], stats: GenerationStats) -> list[np.ndarray]:
+    pieces = []
+    for a in segments:
+        stats.add(a.stats)
+        pieces.append(a.samples)
+    return pieces
 
 
 def _with_stats(audio: Audio, stats: GenerationStats) -> Audio:

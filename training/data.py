@@ -48,19 +48,18 @@ BPM_RANGE = (50, 180)
 TRANSPOSE_RANGE = (-6, 5)
 TARGET_RMS, PEAK_CEILING, SILENCE_RMS = 0.1, 0.95, 1e-3
 
-_SHARP_FLAT = ("C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B")
+_MAJOR_TONICS = ("C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B")
 _MINOR_TONICS = ("C", "C-sharp", "D", "E-flat", "E", "F", "F-sharp", "G", "G-sharp", "A", "B-flat", "B")
 #: The 24 keys, index ``pc`` for ``pc`` major and ``12 + pc`` for ``pc`` minor; one fixed spelling per key.
-KEY_NAMES = [f"{t} major" for t in _SHARP_FLAT] + [f"{t} minor" for t in _MINOR_TONICS]
+KEY_NAMES = [f"{t} major" for t in _MAJOR_TONICS] + [f"{t} minor" for t in _MINOR_TONICS]
 
 #: General MIDI programs used for single-instrument renders.
 INSTRUMENTS = {0: "piano", 4: "electric piano", 6: "harpsichord", 11: "vibraphone", 12: "marimba", 19: "church organ",
                24: "acoustic guitar", 40: "violin", 42: "cello", 46: "harp", 48: "string ensemble", 52: "choir",
                56: "trumpet", 61: "brass section", 68: "oboe", 71: "clarinet", 73: "flute"}
-#: Ensembles for per-part renders, members listed from the top voice to the bass.
-ENSEMBLES = {"string quartet": (40, 40, 41, 42), "woodwind quartet": (73, 68, 71, 70),
-             "brass quartet": (56, 60, 57, 58), "saxophone quartet": (64, 65, 66, 67),
-             "chamber ensemble": (73, 40, 71, 42)}
+#: Ensembles for per-part renders, members listed from the top voice to the bass (named by family, not by size).
+ENSEMBLES = {"strings": (40, 40, 41, 42), "woodwinds": (73, 68, 71, 70), "brass": (56, 60, 57, 58),
+             "saxophones": (64, 65, 66, 67), "mixed chamber ensemble": (73, 40, 71, 42)}
 PROGRAM_NAMES = {**INSTRUMENTS, 41: "viola", 57: "trombone", 58: "tuba", 60: "French horn", 64: "soprano saxophone",
                  65: "alto saxophone", 66: "tenor saxophone", 67: "baritone saxophone", 70: "bassoon"}
 
@@ -147,10 +146,25 @@ def check_tools(soundfont: Path | None = None) -> Path:
     return found
 
 
-def corpus_candidates() -> list[str]:
-    """All usable score files of the music21 corpus, as paths relative to the corpus root, sorted."""
-    rels = (p.relative_to(CORPUS_ROOT).as_posix() for p in corpus.getPaths())
-    return sorted(r for r in rels if r.split("/")[0] not in EXCLUDED_COLLECTIONS and Path(r).suffix in SCORE_SUFFIXES)
+def corpus_candidates(seed: int) -> list[str]:
+    """Usable corpus score files (paths relative to the corpus root) in a seeded, collection-balanced order.
+
+    Each collection (top-level folder) is shuffled, then the collections are interleaved round-robin, so the first N
+    candidates are not ~40% Palestrina and ~33% Ryan's Mammoth tunes as a plain shuffle would give.
+    """
+    rng = random.Random(f"{seed}:pieces")
+    groups: dict[str, list[str]] = {}
+    seen: set[Path] = set()  # a few pieces exist in two formats (bwv366.krn and .mxl): keep one
+    for p in sorted(corpus.getPaths()):
+        rel, stem = p.relative_to(CORPUS_ROOT).as_posix(), p.with_suffix("")
+        if rel.split("/")[0] not in EXCLUDED_COLLECTIONS and p.suffix in SCORE_SUFFIXES and stem not in seen:
+            seen.add(stem)
+            groups.setdefault(rel.split("/")[0], []).append(rel)
+    order = sorted(groups)
+    rng.shuffle(order)
+    for name in order:
+        rng.shuffle(groups[name])
+    return [groups[g][i] for i in range(max(map(len, groups.values()))) for g in order if i < len(groups[g])]
 
 
 def style_of(rel: str) -> str:
@@ -258,10 +272,11 @@ def _variant_midi(piece: dict[str, Any], rng: random.Random, clip_s: float, need
 
 
 def _render(midi: pretty_midi.PrettyMIDI, soundfont: Path, tmp: Path) -> np.ndarray:
+    """Render ``midi`` with FluidSynth to mono float32 at ``SAMPLE_RATE`` (float output, so loud chords don't clip)."""
     mid, wav = tmp / "in.mid", tmp / "out.wav"
     midi.write(str(mid))
-    subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SAMPLE_RATE), "-F", str(wav), str(soundfont),
-                    str(mid)], check=True, capture_output=True)
+    subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SAMPLE_RATE), "-O", "float", "-F", str(wav),
+                    str(soundfont), str(mid)], check=True, capture_output=True)
     audio, _ = sf.read(wav, dtype="float32", always_2d=True)
     return audio.mean(axis=1)
 
@@ -369,15 +384,13 @@ def render_dataset(out: Path, pieces: int, seed: int, *, clip_seconds: float = 1
                    command: str | None = None) -> dict[str, Any]:
     """Render ``pieces`` corpus pieces into a captioned clip dataset under ``out`` and return its data card.
 
-    ``paths`` (corpus-relative, tried in order) replaces the seeded shuffle of the whole corpus.
+    ``paths`` (corpus-relative, tried in order) replaces the seeded, collection-balanced order of the corpus.
     """
     sf2 = check_tools(soundfont)
     out = Path(out)
     if any((out / s).exists() or (out / f"{s}.jsonl").exists() for s in SPLITS):
         raise FileExistsError(f"{out} already holds a dataset; choose an empty --out")
-    candidates = list(paths) if paths is not None else corpus_candidates()
-    if paths is None:
-        random.Random(seed).shuffle(candidates)
+    candidates = list(paths) if paths is not None else corpus_candidates(seed)
     max_quarters = max_clips_per_variant * clip_seconds * BPM_RANGE[1] / 60 + 4
     chosen: list[dict[str, Any]] = []
     with Pool(workers) as pool, tqdm(total=pieces, desc="parse", unit="piece") as bar:

@@ -121,8 +121,9 @@ def fit_from_features(
     scaled = scale_features(raw, mean, std, group_weights)
     kmeans = KMeans(n_clusters=vocab_size, init="k-means++", n_init=1, max_iter=100, random_state=seed)
     kmeans.fit(scaled)
-    logger.info("k-means on %d frames x %d dims: %d iterations, inertia %.1f", *scaled.shape, kmeans.n_iter_,
-                kmeans.inertia_)
+    logger.info(
+        "k-means on %d frames x %d dims: %d iterations, inertia %.1f", *scaled.shape, kmeans.n_iter_, kmeans.inertia_
+    )
     return SemanticTokenizer(extractor, mean, std, group_weights, kmeans.cluster_centers_.astype(np.float32))
 
 
@@ -194,8 +195,9 @@ def tokenize_dataset(tokenizer: SemanticTokenizer, data_root: Path, split: str) 
     tokens = {p.stem: tokenizer.encode(load_audio(p, tokenizer.sample_rate)) for p in paths}
     out = Path(data_root) / f"tokens_{split}.npz"
     np.savez_compressed(out, **tokens)
-    logger.info("tokenized %d clips of %s (%d tokens) -> %s", len(tokens), split,
-                sum(t.shape[0] for t in tokens.values()), out)
+    logger.info(
+        "tokenized %d clips of %s (%d tokens) -> %s", len(tokens), split, sum(t.shape[0] for t in tokens.values()), out
+    )
     return tokens
 
 
@@ -207,8 +209,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="tokenizer .npz to write")
     parser.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for k-means")
-    parser.add_argument("--tokenize", nargs="*", default=[], metavar="SPLIT",
-                        help="splits to encode into <data>/tokens_<split>.npz after fitting")
+    parser.add_argument(
+        "--tokenize",
+        nargs="*",
+        default=[],
+        metavar="SPLIT",
+        help="splits to encode into <data>/tokens_<split>.npz after fitting",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -227,9 +234,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "frames_fitted": min(raw.shape[0], args.max_frames),
         **usage_report(tokenizer, raw),
     }
-    logger.info("train split: %d/%d clusters used, token entropy %.2f of %.2f bits, chroma info %.2f",
-                report["used_clusters"], report["vocab_size"], report["entropy_bits"], report["max_entropy_bits"],
-                report["chroma_info"])
+    logger.info(
+        "train split: %d/%d clusters used, token entropy %.2f of %.2f bits, chroma info %.2f",
+        report["used_clusters"],
+        report["vocab_size"],
+        report["entropy_bits"],
+        report["max_entropy_bits"],
+        report["chroma_info"],
+    )
     (args.out.parent / "tokenizer_report.json").write_text(json.dumps(report, indent=2) + "\n")
     for split in args.tokenize:
         tokenize_dataset(tokenizer, args.data, split)

@@ -39,8 +39,8 @@ def _dft(n_fft: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 class STFT(nn.Module):
     """Hann-window STFT as a strided Conv1d with fixed DFT kernels.
 
-    ``audio`` (B, T) is zero-padded right to a multiple of ``hop`` and by (n_fft - hop) / 2 on both sides, so it
-    gives exactly ceil(T / hop) frames. Bins are k = 0 .. n_fft // 2; the transform is unnormalised.
+    ``audio`` (B, T) is zero-padded as if to a multiple of ``hop`` on the right and by (n_fft - hop) / 2 on both
+    sides, so it gives exactly ceil(T / hop) frames. Bins are k = 0 .. n_fft // 2; the transform is unnormalised.
     """
 
     def __init__(self, n_fft: int, hop: int) -> None:
@@ -55,9 +55,10 @@ class STFT(nn.Module):
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> (real, imag), each (B, n_fft // 2 + 1, ceil(T / hop))."""
         side = (self.n_fft - self.hop) // 2
-        right = (self.hop - audio.shape[-1] % self.hop) % self.hop
-        x = F.pad(audio, (side, side + right))[:, None, :]  # (B, 1, T_padded)
-        spec = F.conv1d(x, self.basis, stride=self.hop)  # (B, 2F, frames)
+        # a static pad (Core ML has no dynamic pad on 2-D tensors): with hop - 1 extra zeros on the right the
+        # strided conv gives floor((T - 1) / hop) + 1 = ceil(T / hop) frames, the same as padding T to a multiple
+        x = F.pad(audio, (side, side + self.hop - 1))[:, None, :]  # (B, 1, T + n_fft - 1)
+        spec = F.conv1d(x, self.basis, stride=self.hop)  # (B, 2F, ceil(T / hop))
         return spec[:, : self.n_bins], spec[:, self.n_bins :]
 
     def log_magnitude(self, audio: torch.Tensor) -> torch.Tensor:

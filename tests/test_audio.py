@@ -1,0 +1,44 @@
+import os
+
+import numpy as np
+import pytest
+
+from melody_edge import Audio, InvalidInputError, OutputPathError
+
+
+def test_save_load_round_trip(tmp_path):
+    x = (0.5 * np.sin(np.linspace(0, 100, 24_000))).astype(np.float32)
+    path = Audio(x, 24_000).save(tmp_path / "a.wav")
+    back = Audio.load(path)
+    assert back.sample_rate == 24_000 and len(back) == len(x)
+    assert np.abs(back.samples - x).max() < 1e-3
+
+
+def test_failed_save_leaves_no_file(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root): permission check not observable")
+        with pytest.raises(OutputPathError, match="permission"):
+            Audio(np.zeros(10, np.float32), 24_000).save(folder / "x.wav")
+        assert list(folder.iterdir()) == []
+    finally:
+        os.chmod(folder, 0o700)
+
+
+def test_audio_rejects_bad_samples():
+    with pytest.raises(InvalidInputError, match="mono"):
+        Audio(np.zeros((2, 10), np.float32), 24_000)
+    with pytest.raises(InvalidInputError, match="sample_rate"):
+        Audio(np.zeros(10, np.float32), 0)
+
+
+def test_load_missing_or_corrupt_file(tmp_path):
+    with pytest.raises(InvalidInputError, match="not found"):
+        Audio.load(tmp_path / "nope.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    with pytest.raises(InvalidInputError, match="could not read"):
+        Audio.load(bad)

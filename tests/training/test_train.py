@@ -1,0 +1,110 @@
+"""Training scripts on the debug preset and a tiny synthetic dataset: losses fall, checkpoints resume, the shipped
+folder loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("librosa")
+
+from melody_edge.models.config import SAMPLE_RATE, get_config  # noqa: E402
+from melody_edge.models.melody import MeLoDy  # noqa: E402
+from training import train_dpd, train_lm, train_vae  # noqa: E402
+from training.tokenizer import fit_tokenizer  # noqa: E402
+
+KEYS = ["C", "D", "E", "F", "G", "A"]
+
+
+def write_dataset(root: Path, n_train: int = 6, n_valid: int = 2, seconds: float = 2.56, seed: int = 0) -> None:
+    """Clips of sine-note melodies with data.py-style rows in ``train.jsonl`` / ``valid.jsonl``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        (root / split).mkdir(parents=True)
+        rows = []
+        for i in range(n):
+            base = 220.0 * 2 ** (rng.integers(0, 12) / 12)
+            notes = base * 2 ** (rng.choice([0, 2, 4, 5, 7, 9, 11], size=8) / 12)
+            freq = np.repeat(notes, -(-t.size // 8))[: t.size]
+            audio = 0.3 * np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE) * (0.6 + 0.4 * np.cos(8 * np.pi * t))
+            clip_id = f"{split}{i:03d}"
+            sf.write(root / split / f"{clip_id}.wav", audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+            key = KEYS[i % len(KEYS)]
+            rows.append({"id": clip_id, "split": split, "path": f"{split}/{clip_id}.wav",
+                         "captions": [f"a sine melody in {key} major", f"{key} major tones", f"simple tune, {key}"],
+                         "metadata": {"tonic": key, "mode": "major", "bpm": 120.0, "seconds": seconds}})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_log(path: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every log line that has ``key``."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r[key]) for r in lines if key in r]
+
+
+def assert_falls(values: list[float]) -> None:
+    assert all(np.isfinite(values))
+    assert np.mean(values[-5:]) < np.mean(values[:5]), values
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data, out = root / "data", root / "ckpt"
+    write_dataset(data)
+    out.mkdir()
+    fit_tokenizer(sorted((data / "train").glob("*.wav")), vocab_size=32, seed=0).save(out / "tokenizer.npz")
+    common = ["--data", str(data), "--out", str(out), "--preset", "debug", "--seed", "0", "--threads", "1",
+              "--device", "cpu", "--log-every", "1", "--warmup", "3"]
+    return data, out, common
+
+
+def test_vae_lm_dpd_train_resume_and_ship(setup):
+    data, out, common = setup
+    # VAE, STFT phase, in two runs: 20 steps, then resumed to 30
+    vae_args = common + ["--batch", "4", "--lr", "2e-3", "--gan-start", "1000", "--save-every", "10",
+                         "--eval-every", "10", "--eval-clips", "1"]
+    train_vae.main(vae_args + ["--steps", "20"])
+    train_vae.main(vae_args + ["--steps", "30"])
+    stft = read_log(out / "train_vae.log", "stft")
+    assert [s for s, _ in stft] == list(range(1, 31))  # resumed at step 20, no step repeated
+    assert_falls([v for _, v in stft])
+    assert len(read_log(out / "train_vae.log", "valid_stft")) == 3
+
+    assert torch.load(out / "train_vae.pt", weights_only=True)["step"] == 30
+
+    # LM: tokenizes the splits with <out>/tokenizer.npz and caches the MiniLM states
+    train_lm.main(common + ["--steps", "30", "--batch", "8", "--lr", "3e-3", "--eval-every", "15"])
+    assert (data / "tokens_train.npz").is_file() and (out / "text_states_train.pt").is_file()
+    assert_falls([v for _, v in read_log(out / "train_lm.log", "loss")])
+    assert len(read_log(out / "train_lm.log", "valid_loss")) == 2
+
+    # DPD: latents from the shipped VAE
+    train_dpd.main(common + ["--steps", "30", "--batch", "8", "--lr", "2e-3"])
+    assert (out / "latents_train.npy").is_file()
+    assert_falls([v for _, v in read_log(out / "train_dpd.log", "loss")])
+
+    model = MeLoDy.load(out)
+    assert model.cfg == get_config("debug")
+    meta = json.loads((out / "config.json").read_text())
+    assert {k: v["steps"] for k, v in meta["training"].items()} == {"vae": 30, "lm": 30, "dpd": 30}
+    state = torch.load(out / "train_dpd.pt", weights_only=True)["modules"]["ema"]
+    assert all(torch.equal(model.dpd.state_dict()[k], v) for k, v in state.items())  # the EMA is what ships
+
+
+def test_vae_gan_phase_runs(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "ckpt"
+    write_dataset(data, n_train=3, n_valid=0)
+    train_vae.main(["--data", str(data), "--out", str(out), "--preset", "debug", "--steps", "4", "--gan-start", "1",
+                    "--batch", "2", "--threads", "1", "--device", "cpu", "--log-every", "1"])
+    lines = [json.loads(line) for line in (out / "train_vae.log").read_text().splitlines()]
+    assert "gan" not in lines[0] and all(k in lines[-1] for k in ("gan", "fm", "disc", "stft", "kl"))
+    assert all(np.isfinite(v) for r in lines for v in r.values())
+    MeLoDy.load(out, strict=False)
