@@ -234,7 +234,7 @@ class SemanticTokenizer:
 
     @classmethod
     def random(cls, vocab_size: int, seed: int = 0, sample_rate: int = 24_000, hop: int = 960) -> SemanticTokenizer:
-        """An unfitted tokenizer (numpy-built filterbanks, random centroids) for the random ``debug``/``paper`` models."""
+        """An unfitted tokenizer (numpy filterbanks, random centroids) for the random ``debug``/``paper`` models."""
         n_fft, n_short = 4096, 2048
         freqs = np.arange(1, n_fft // 2 + 1) * sample_rate / n_fft
         pc = np.round(12 * np.log2(freqs / 440.0) + 9).astype(int) % N_CHROMA
@@ -244,7 +244,8 @@ class SemanticTokenizer:
         mel_fb = np.zeros((32, n_short // 2 + 1), np.float32)
         for i in range(32):
             mel_fb[i, edges[i]:edges[i + 1]] = 1.0
-        ex = FrameFeatureExtractor(chroma_fb, mel_fb, sample_rate=sample_rate, hop=hop, n_fft=n_fft, n_fft_short=n_short)
+        ex = FrameFeatureExtractor(chroma_fb, mel_fb, sample_rate=sample_rate, hop=hop, n_fft=n_fft,
+                                   n_fft_short=n_short)
         rng = np.random.default_rng(seed)
         centroids = rng.standard_normal((vocab_size, FEATURE_DIM)).astype(np.float32)
         return cls(ex, np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.ones(len(FEATURE_GROUPS)), centroids)

@@ -174,6 +174,7 @@ def style_of(rel: str) -> str:
 
 
 def _load_score(rel: str, rng: random.Random) -> tuple[stream.Score, str]:
+    """Parse one score; from a tune book (abc with many X: tunes) one seeded tune, id'd as ``rel#X``."""
     path = CORPUS_ROOT / rel
     if path.suffix == ".abc" and rel.split("/")[0] not in OPUS_OF_PARTS:
         numbers = re.findall(r"^X:\s*(\d+)", path.read_text(errors="ignore"), re.MULTILINE)

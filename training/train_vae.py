@@ -10,6 +10,7 @@ multi-resolution STFT distance of the posterior-mean reconstructions of a few va
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -33,6 +34,8 @@ def _split_batch(logits: list[torch.Tensor], feats: list[list[torch.Tensor]], n:
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-seconds", type=float, default=1.28, help="length of the random training crops")
     p.add_argument("--gan-start", type=int, default=None, help="step the GAN losses start (default: steps / 2)")
+    p.add_argument("--disc-channels", type=int, default=None,
+                   help="width of the discriminators (training only; default: the preset's vae.disc_channels)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -49,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     valid = torch.from_numpy(load_audio(args.data, load_rows(args.data, "valid")[: args.eval_clips], samples))
     log.info("%d train clips on this rank, crops of %d samples, GAN from step %d", len(audio), crop, gan_start)
 
-    vae, disc = run.wrap(VAE(cfg.vae)), run.wrap(VAEDiscriminator(cfg.vae))
+    disc_cfg = dataclasses.replace(cfg.vae, disc_channels=args.disc_channels or cfg.vae.disc_channels)
+    vae, disc = run.wrap(VAE(cfg.vae)), run.wrap(VAEDiscriminator(disc_cfg))
     opt_g = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.8, 0.99))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.8, 0.99))
 

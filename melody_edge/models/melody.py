@@ -35,7 +35,8 @@ class MeLoDy(nn.Module):
             torch.manual_seed(seed)
             return cls(cfg).eval()
 
-    def save(self, folder: str | Path, parts: tuple[str, ...] = ("lm", "dpd", "vae"), extra: dict | None = None) -> Path:
+    def save(self, folder: str | Path, parts: tuple[str, ...] = ("lm", "dpd", "vae"),
+             extra: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (only the given parts' weights) into ``folder``."""
         from safetensors.torch import save_file
 
