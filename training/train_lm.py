@@ -58,7 +58,9 @@ def text_states(out: Path, split: str, rows: list[dict[str, Any]], batch: int = 
     states, masks = [], []
     for i in tqdm(range(0, len(captions), batch), desc=f"MiniLM {split}", unit="batch"):
         t_ids, t_mask = (torch.from_numpy(a) for a in tok(captions[i : i + batch]))
-        states.append(encoder(t_ids, t_mask).half())
+        used = int(t_mask.sum(1).max())  # run MiniLM on the used word pieces only: padding is masked anyway
+        h = encoder(t_ids[:, :used], t_mask[:, :used])
+        states.append(F.pad(h, (0, 0, 0, t_ids.shape[1] - used)).half())
         masks.append(t_mask.bool())
     n, t = len(rows), masks[0].shape[1]
     cached = {"ids": ids, "states": torch.cat(states).reshape(n, 3, t, -1), "mask": torch.cat(masks).reshape(n, 3, t)}

@@ -161,9 +161,9 @@ class DPD(nn.Module):
         aligned = sem[:, :, None].expand(B, n_tok, self.fpt, sem.shape[-1]).reshape(B, n_tok * self.fpt, -1)[:, :L]
         cond = self.angle_mlp(angle_features(angles, 32)) + self.mean_sem(sem.mean(1, keepdim=True))  # (B, L, D)
         x = self.in_proj(z) + aligned  # (B, L, D)
-        # pad to a whole number of half segments (at least two), then segment
-        n_half = max(2, (L + h - 1) // h)
-        pad = n_half * h - L
+        # pad to a whole number of half segments plus one (so there are always >= 2 halves, without a branch
+        # on the length: the graph stays one shape-polymorphic graph when exported)
+        pad = ((L + h - 1) // h + 1) * h - L
         x = F.pad(x, (0, 0, 0, pad))
         cond = F.pad(cond, (0, 0, 0, pad))
         seg, cseg = self._segment(x), self._segment(cond)  # (B, S, K, D)

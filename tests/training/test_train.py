@@ -54,6 +54,14 @@ def assert_falls(values: list[float]) -> None:
     assert np.mean(values[-5:]) < np.mean(values[:5]), values
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The scripts set torch's thread count (``--threads 1``); give other tests theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
