@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from melody_edge.audio import Audio
 from melody_edge.backends import BACKENDS, Backend
 from melody_edge.errors import BundleError, ConfigError, InvalidInputError
 from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
-from melody_edge.text import clean_prompt, default_tokenizer
+from melody_edge.text import TextTokenizer, clean_prompt, default_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Generator:
     Args:
         bundle: ``"tiny"`` (the bundled trained model), ``"debug"`` or ``"paper"`` (random weights, for tests and
             cost measurements), or a path to a checkpoint folder (``config.json`` + ``model.safetensors``).
-        backend: ``"auto"`` or ``"torch"``.
+        backend: ``"auto"`` (an exported bundle runs on onnxruntime, a checkpoint on torch), ``"onnxruntime"`` or
+            ``"torch"``.
         device: torch device for the torch backend (``"cpu"``, ``"cuda"``).
 
     Example::
@@ -237,10 +239,14 @@ class Generator:
                 raise InvalidInputError(f"{name} must be a number in (0, 100], got {val!r}")
         return _Settings(int(steps), float(guidance), float(lm_guidance), float(temperature), top_k, top_p, schedule)
 
+    def _text_tokenizer(self) -> TextTokenizer:
+        path = getattr(self.backend, "text_tokenizer_path", None)
+        return _tokenizer_at(str(path)) if path else default_tokenizer()
+
     def _prefix(self, text: str, lm_guidance: float, stats: GenerationStats) -> np.ndarray:
         # phase 1: text -> soft prefix (+ the null prefix when the LM uses CFG: one batched pass)
         t0 = time.perf_counter()
-        ids, mask = default_tokenizer()([text])
+        ids, mask = self._text_tokenizer()([text])
         prefix = self.backend.encode_text(ids, mask)
         if lm_guidance != 1.0:
             prefix = np.concatenate([prefix, self.backend.null_prefix(1)])
@@ -333,6 +339,11 @@ class Generator:
             stats = GenerationStats()
 
 
+@lru_cache(maxsize=4)
+def _tokenizer_at(path: str) -> TextTokenizer:
+    return TextTokenizer(Path(path))
+
+
 def _collect(segments: Iterator[Audio], stats: GenerationStats) -> list[np.ndarray]:
     pieces = []
     for a in segments:
@@ -347,17 +358,35 @@ def _with_stats(audio: Audio, stats: GenerationStats) -> Audio:
 
 
 def _load_backend(bundle: str | os.PathLike, backend: str, device: str) -> Backend:
+    from melody_edge.bundle import is_bundle
     from melody_edge.models.config import PRESETS
 
     name = str(bundle)
     if isinstance(bundle, str) and name in PRESETS and name != "tiny":
+        if backend == "onnxruntime":
+            raise ConfigError(f"preset {name!r} has random weights and runs on the torch backend; export it first "
+                              "(python -m conversion.export) to run it with onnxruntime")
         return _torch_backend_random(name, device)
-    folder = ASSETS / "tiny" if name == "tiny" else Path(bundle)
-    if not folder.exists():
-        if name == "tiny":
+    if name == "tiny":  # the shipped model: the exported bundle (no torch needed), or its torch checkpoint
+        folder = ASSETS / ("tiny" if backend == "torch" else "tiny-bundle")
+        if backend == "auto" and not folder.exists():
+            folder = ASSETS / "tiny"
+        if not folder.exists():
             raise BundleError(f"the bundled 'tiny' model is missing from this install ({folder}); reinstall "
                               "melody-edge, or pass bundle='debug' for a random test model")
-        raise ConfigError(f"unknown bundle {name!r}: neither a preset ({sorted(PRESETS)}) nor an existing folder")
+    else:
+        folder = Path(bundle)
+        if not folder.exists():
+            raise ConfigError(f"unknown bundle {name!r}: neither a preset ({sorted(PRESETS)}) nor an existing folder")
+    if is_bundle(folder) and backend in ("auto", "onnxruntime"):
+        from melody_edge.backends.onnx_backend import OnnxBackend
+        from melody_edge.bundle import load_bundle
+
+        return OnnxBackend(load_bundle(folder))
+    if is_bundle(folder):
+        raise ConfigError(f"{folder} is an exported bundle; run it with backend='onnxruntime' (or 'auto')")
+    if backend == "onnxruntime":
+        raise ConfigError(f"{folder} is a torch checkpoint, not a bundle; export it with python -m conversion.export")
     return _torch_backend_checkpoint(folder, device)
 
 

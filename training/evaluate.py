@@ -13,7 +13,8 @@ uses it): chroma correlation, log-mel L1, multi-resolution STFT spectral converg
 
 Generation metrics: Krumhansl-Schmuckler key accuracy (exact, tonic, related, MIREX score), tempo accuracy (within
 10% of the caption BPM, or of half/double it), RMS level, the fraction of near-silent clips and the Frechet
-distance between per-clip feature vectors of generated and real clips.
+distance between per-clip feature vectors of generated and real clips (each dimension standardised by the real
+clips' mean and std).
 
 Usage: ``python -m training.evaluate --checkpoint checkpoints/tiny --data data/music --split test --n 40
 --out runs/eval_tiny.json`` (also writes ``runs/eval_tiny.md`` and prints its tables).
@@ -55,6 +56,7 @@ LOG_EPS = 1e-5
 N_FFT, HOP = 2048, 512  # frame analysis for the chroma, log-mel and Frechet features
 N_MELS_RECON, N_MFCC = 80, 20
 FD_RIDGE = 1e-6
+FEATURE_STD_FLOOR = 1e-3  # per-dimension std floor when standardising features by the real clips
 ROWS = ("trained", "shuffled_captions", "random_weights", "real_audio")
 GEN_METRICS = ("key_match", "tonic_match", "key_related", "key_mirex", "tempo_match", "tempo_strict", "rms_mean",
                "silent_frac", "fd", "rtf")
@@ -144,6 +146,14 @@ def frechet_distance(x: np.ndarray, y: np.ndarray, ridge: float = FD_RIDGE) -> f
     (mu_x, s_x), (mu_y, s_y) = fit(np.asarray(x, np.float64)), fit(np.asarray(y, np.float64))
     covmean = np.real(scipy.linalg.sqrtm(s_x @ s_y))
     return float(np.sum((mu_x - mu_y) ** 2) + np.trace(s_x) + np.trace(s_y) - 2.0 * np.trace(covmean))
+
+
+def feature_fd(features: np.ndarray, reference: np.ndarray) -> float:
+    """Frechet distance between two sets of clip features after standardising every dimension by the reference
+    set's mean and std (floored at 1e-3), so each feature counts in units of its spread over real clips instead of
+    MFCC 0's decibels dominating."""
+    center, scale = reference.mean(axis=0), np.maximum(reference.std(axis=0), FEATURE_STD_FLOOR)
+    return frechet_distance((features - center) / scale, (reference - center) / scale)
 
 
 # --- VAE reconstruction ---------------------------------------------------------------------------------------
@@ -270,7 +280,7 @@ def evaluate(checkpoint: Path, data: Path, split: str = "test", *, n: int = 40, 
                                ("random_weights", untrained, captions)):
         audios, rtf = generate_clips(gen, prompts, seconds, seeds, steps, guidance, name)
         summary, clips = score_clips(audios, metas, sr)
-        fd = frechet_distance(np.stack([clip_features(a, sr) for a in audios]), real_feats)
+        fd = feature_fd(np.stack([clip_features(a, sr) for a in audios]), real_feats)
         generation[name] = {**summary, "fd": fd, "rtf": rtf}
         per_clip[name] = [{"id": r["id"], "prompt": p, **c} for r, p, c in zip(items, prompts, clips, strict=True)]
         log.info("%s: %s", name, {k: round(v, 4) for k, v in generation[name].items()})
@@ -308,8 +318,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     JSON keys: ``config`` (arguments, model name, ``clip_ids``); ``vae`` -> {trained, random_weights} ->
     {chroma_corr, logmel_l1, mrstft_sc, mrstft_logmag, si_sdr}; ``generation`` -> {trained, shuffled_captions,
     random_weights, real_audio} -> {key_match, tonic_match, key_related, key_mirex, tempo_match, tempo_strict,
-    rms_mean, silent_frac, fd, rtf} (``fd`` and ``rtf`` are null for real_audio); ``per_clip`` -> row -> list of
-    {id, prompt, true_key, est_key, key_relation, true_bpm, est_bpm, tempo_match, tempo_strict, rms}.
+    rms_mean, silent_frac, fd, rtf} (``fd`` on standardised features; ``fd`` and ``rtf`` are null for real_audio);
+    ``per_clip`` -> row -> list of {id, prompt, true_key, est_key, key_relation, true_bpm, est_bpm, tempo_match,
+    tempo_strict, rms}.
     """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (config.json, model.safetensors)")

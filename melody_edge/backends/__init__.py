@@ -2,6 +2,6 @@
 
 from melody_edge.backends.base import Backend
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "onnxruntime", "torch")
 
 __all__ = ["BACKENDS", "Backend"]

@@ -82,6 +82,11 @@ def test_frechet_distance_zero_for_identical_and_grows_with_shift():
     assert shifts[0] > 0.1 and shifts[0] < shifts[1] < shifts[2]
     assert math.isclose(shifts[1], 8.0, rel_tol=1e-4)  # a pure mean shift of 1 in 8 dims
     assert math.isfinite(evaluate.frechet_distance(x[:1], x))
+    # standardised by the reference set: ~0 for identical sets, blind to per-dimension units
+    y = x + np.linspace(0.0, 1.0, 8)
+    scales = np.array([1e-2, 1.0, 1e3, 5.0, 1.0, 1.0, 2.0, 1e2])
+    assert abs(evaluate.feature_fd(x, x)) < 1e-6
+    assert math.isclose(evaluate.feature_fd(y * scales, x * scales), evaluate.feature_fd(y, x), rel_tol=1e-6)
 
 
 def test_clip_features_and_reconstruction_metrics():
@@ -117,6 +122,7 @@ def write_split(root: Path, seconds: float = 1.5) -> None:
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")  # 1 s clips are short for the CQT
 def test_end_to_end_debug(tmp_path):
     data, ckpt, out = tmp_path / "data", tmp_path / "ckpt", tmp_path / "runs" / "eval.json"
     write_split(data)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproduces the bundled `tiny` model end to end on a 2-core CPU (about 2 hours; see MODEL_CARD.md).
+# Needs: apt-get install -y fluidsynth timgm6mb-soundfont ; pip install -e ".[train,convert]"
+# Every step is seeded (seed 0) and resumable: rerunning continues from the last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-data/music}
+OUT=${OUT:-checkpoints/tiny}
+mkdir -p runs "$OUT"
+[ -f "$DATA/train.jsonl" ] || python -m training.data --out "$DATA" --pieces 500 --seed 0 --workers 2
+[ -f "$OUT/tokenizer.npz" ] || python -m training.tokenizer --data "$DATA" --vocab 256 --seed 0 \
+    --out "$OUT/tokenizer.npz" --tokenize train valid test
+# phase A: VAE and LM side by side, one core each (the LM does not need the VAE)
+python -m training.train_vae --data "$DATA" --out "$OUT" --preset tiny --steps 5000 --gan-start 5000 --batch 8 \
+    --lr 5e-4 --seed 0 --threads 1 --time-limit-min 30 --eval-every 500 > runs/train_vae.out 2>&1 &
+python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
+    --warmup 100 --seed 0 --threads 1 --time-limit-min 30 --eval-every 200 > runs/train_lm.out 2>&1
+wait
+# phase B: DPD (needs the VAE) beside the rest of the LM schedule
+python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 1800 --batch 12 --lr 4e-4 \
+    --warmup 100 --seed 0 --threads 1 --time-limit-min 50 > runs/train_dpd.out 2>&1 &
+python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
+    --warmup 100 --seed 0 --threads 1 --time-limit-min 45 --eval-every 200 > runs/train_lm2.out 2>&1
+wait
+python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 30 --out runs/eval_tiny.json
