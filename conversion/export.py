@@ -153,13 +153,13 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], name: str, p
 
 
 def quantize(src: Path, dst: Path, precision: str) -> None:
-    """int8: dynamic quantization of MatMul/Gemm weights, per-channel QUInt8 (accurate on AVX2 without VNNI);
+    """int8: dynamic quantization of MatMul/Gemm/Gather weights, per-channel QUInt8 (accurate on AVX2 without VNNI);
     fp16: all float tensors to float16 with float32 inputs/outputs kept."""
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+                         op_types_to_quantize=["MatMul", "Gemm", "Gather"])  # Gather: MiniLM's embeddings
     elif precision == "fp16":
         import onnx
         from onnxconverter_common import float16

@@ -99,6 +99,8 @@ def test_unknown_preset_and_backend_raise_config_error():
         Generator("huge")
     with pytest.raises(ConfigError, match="backend"):
         Generator("debug", backend="tensorflow")
+    with pytest.raises(ConfigError, match="export"):
+        Generator("debug", backend="onnxruntime")
 
 
 @pytest.mark.parametrize("name", ["missing_dir/out.wav", "out.mp3", "out"])

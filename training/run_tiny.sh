@@ -11,8 +11,8 @@ mkdir -p runs "$OUT"
 [ -f "$OUT/tokenizer.npz" ] || python -m training.tokenizer --data "$DATA" --vocab 256 --seed 0 \
     --out "$OUT/tokenizer.npz" --tokenize train valid test
 # phase A: VAE and LM side by side, one core each (the LM does not need the VAE)
-python -m training.train_vae --data "$DATA" --out "$OUT" --preset tiny --steps 5000 --gan-start 5000 --batch 8 \
-    --lr 5e-4 --seed 0 --threads 1 --time-limit-min 30 --eval-every 500 > runs/train_vae.out 2>&1 &
+python -m training.train_vae --data "$DATA" --out "$OUT" --preset tiny --steps 1800 --gan-start 1800 --batch 8 \
+    --lr 5e-4 --seed 0 --threads 1 --time-limit-min 27 --eval-every 500 > runs/train_vae.out 2>&1 &
 python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
     --warmup 100 --seed 0 --threads 1 --time-limit-min 30 --eval-every 200 > runs/train_lm.out 2>&1
 wait

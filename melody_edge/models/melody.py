@@ -33,16 +33,23 @@ class MeLoDy(nn.Module):
         """Randomly initialised model (deterministic in ``seed``), for tests and cost measurements."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(cfg).eval()
+            model = cls(cfg).eval()
+            with torch.no_grad():  # zero-initialised layers (DPD output, FiLM) would make the DPD output constant
+                for name, p in model.named_parameters():
+                    if name.endswith("weight") and p.dim() > 1 and not p.any():
+                        p.normal_(0.0, 0.02)
+            return model
 
     def save(self, folder: str | Path, parts: tuple[str, ...] = ("lm", "dpd", "vae"),
-             extra: dict | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (only the given parts' weights) into ``folder``."""
+             extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (only the given parts' weights, cast to ``dtype`` when
+        given: fp16 halves the shipped size; loading casts back to float32) into ``folder``."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k.split(".")[0] in parts}
+        state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+                 if k.split(".")[0] in parts}
         save_file(state, str(folder / "model.safetensors"))
         meta = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "parts": list(parts), **(extra or {})}
         (folder / "config.json").write_text(json.dumps(meta, indent=2))
@@ -71,7 +78,11 @@ class MeLoDy(nn.Module):
             state = load_file(str(w_path))
         except (SafetensorError, OSError) as e:
             raise BundleError(f"{w_path} is corrupt ({e}); restore it from the package or retrain") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise BundleError(f"{w_path} does not match {cfg_path}: {str(e).splitlines()[1].strip()}... "
+                              "the weights belong to another model config") from e
         if unexpected or (strict and missing):
             raise BundleError(f"{w_path} does not match its config: missing {missing[:3]}..., "
                               f"unexpected {unexpected[:3]}...")

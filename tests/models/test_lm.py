@@ -45,3 +45,37 @@ def test_paper_lm_parameter_count_within_5_percent():
         lm = SemanticLM(cfg.lm, cfg.text, cfg.lm_max_len)
     n = count_params(lm)
     assert abs(n - PAPER_PARAMS["lm"]) / PAPER_PARAMS["lm"] < 0.05, n
+
+
+def test_checkpoint_round_trip_in_fp16(tmp_path):
+    from melody_edge.models.melody import MeLoDy
+
+    model = MeLoDy.random(get_config("debug"))
+    model.save(tmp_path, dtype=torch.float16)
+    back = MeLoDy.load(tmp_path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert b.dtype == torch.float32
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), k
+
+
+def test_corrupt_or_mismatched_checkpoint_raises_bundle_error(tmp_path):
+    import json
+
+    import pytest
+
+    from melody_edge import BundleError
+    from melody_edge.models.melody import MeLoDy
+
+    with pytest.raises(BundleError, match="missing"):
+        MeLoDy.load(tmp_path)
+    MeLoDy.random(get_config("debug")).save(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="corrupt"):
+        MeLoDy.load(tmp_path)
+    MeLoDy.random(get_config("debug")).save(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["lm"]["dim"] = 64
+    meta["config"]["lm"]["ffn_dim"] = 128
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError):
+        MeLoDy.load(tmp_path)
