@@ -70,7 +70,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     root = Path(path)
     mpath = root / MANIFEST
     if not mpath.is_file():
-        raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing. Export one with `python -m conversion.export`")
+        raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing. Export one with "
+                          "`python -m conversion.export`")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -53,7 +53,7 @@ def test_checkpoint_round_trip_in_fp16(tmp_path):
     model = MeLoDy.random(get_config("debug"))
     model.save(tmp_path, dtype=torch.float16)
     back = MeLoDy.load(tmp_path)
-    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert b.dtype == torch.float32
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), k
 
