@@ -311,13 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conversion.export", description=__doc__)
     p.add_argument("--checkpoint", default="tiny", help="'tiny', 'debug', 'paper' or a checkpoint folder")
     p.add_argument("--format", default="onnx", choices=["onnx", "coreml"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8", "palettize4"],
+                   help="default: fp32 for onnx, fp16 for coreml; palettize4 is Core ML only")
     p.add_argument("--steps", type=int, default=8, help="default diffusion steps recorded in the manifest")
     p.add_argument("--out", required=True)
     p.add_argument("--no-check", action="store_true", help="skip the parity gates (not recommended)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    export_bundle(a.checkpoint, a.out, fmt=a.format, precision=a.precision, steps=a.steps, check=not a.no_check)
+    precision = a.precision or ("fp16" if a.format == "coreml" else "fp32")
+    export_bundle(a.checkpoint, a.out, fmt=a.format, precision=precision, steps=a.steps, check=not a.no_check)
     return 0
 
 

@@ -101,8 +101,8 @@ class Generator:
     Args:
         bundle: ``"tiny"`` (the bundled trained model), ``"debug"`` or ``"paper"`` (random weights, for tests and
             cost measurements), or a path to a checkpoint folder (``config.json`` + ``model.safetensors``).
-        backend: ``"auto"`` (an exported bundle runs on onnxruntime, a checkpoint on torch), ``"onnxruntime"`` or
-            ``"torch"``.
+        backend: ``"auto"`` (an ONNX bundle runs on onnxruntime, a Core ML bundle on Core ML, a checkpoint on
+            torch), ``"onnxruntime"``, ``"coreml"`` (macOS 14+) or ``"torch"``.
         device: torch device for the torch backend (``"cpu"``, ``"cuda"``).
 
     Example::
@@ -378,14 +378,22 @@ def _load_backend(bundle: str | os.PathLike, backend: str, device: str) -> Backe
         folder = Path(bundle)
         if not folder.exists():
             raise ConfigError(f"unknown bundle {name!r}: neither a preset ({sorted(PRESETS)}) nor an existing folder")
-    if is_bundle(folder) and backend in ("auto", "onnxruntime"):
-        from melody_edge.backends.onnx_backend import OnnxBackend
+    if is_bundle(folder) and backend != "torch":
         from melody_edge.bundle import load_bundle
 
-        return OnnxBackend(load_bundle(folder))
+        fmt = load_bundle(folder, verify=False).format
+        if fmt == "coreml" and backend in ("auto", "coreml"):
+            from melody_edge.backends.coreml_backend import CoreMLBackend
+
+            return CoreMLBackend(load_bundle(folder, verify=False))  # hashes its .mlpackage folders itself
+        if fmt == "onnx" and backend in ("auto", "onnxruntime"):
+            from melody_edge.backends.onnx_backend import OnnxBackend
+
+            return OnnxBackend(load_bundle(folder))
+        raise ConfigError(f"{folder} is a {fmt} bundle; it cannot run on backend {backend!r}")
     if is_bundle(folder):
-        raise ConfigError(f"{folder} is an exported bundle; run it with backend='onnxruntime' (or 'auto')")
-    if backend == "onnxruntime":
+        raise ConfigError(f"{folder} is an exported bundle; run it with backend='auto'")
+    if backend in ("onnxruntime", "coreml"):
         raise ConfigError(f"{folder} is a torch checkpoint, not a bundle; export it with python -m conversion.export")
     return _torch_backend_checkpoint(folder, device)
 

@@ -17,7 +17,7 @@ python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 24
     --warmup 100 --seed 0 --threads 1 --time-limit-min 30 --eval-every 200 > runs/train_lm.out 2>&1
 wait
 # phase B: DPD (needs the VAE) beside the rest of the LM schedule
-python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 1800 --batch 12 --lr 4e-4 \
+python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 1400 --batch 12 --lr 4e-4 \
     --warmup 100 --seed 0 --threads 1 --time-limit-min 50 > runs/train_dpd.out 2>&1 &
 python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
     --warmup 100 --seed 0 --threads 1 --time-limit-min 45 --eval-every 200 > runs/train_lm2.out 2>&1

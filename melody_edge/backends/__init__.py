@@ -2,6 +2,6 @@
 
 from melody_edge.backends.base import Backend
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "onnxruntime", "coreml", "torch")
 
 __all__ = ["BACKENDS", "Backend"]
