@@ -22,4 +22,10 @@ python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 1
 python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
     --warmup 100 --seed 0 --threads 1 --time-limit-min 45 --eval-every 200 > runs/train_lm2.out 2>&1
 wait
-python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 30 --out runs/eval_tiny.json
+python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --out training/results/eval_tiny.json
+# ship: fp16 checkpoint into the package, the int8 ONNX bundle (the default runtime) and the fp32 bundle's parity
+python -m training.ship --checkpoint "$OUT" --out melody_edge/assets/tiny
+python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out melody_edge/assets/tiny-bundle
+python -m conversion.export --checkpoint tiny --format onnx --precision fp32 --out runs/tiny-fp32
+cp runs/tiny-fp32/parity.json melody_edge/assets/tiny-bundle/parity_fp32.json
+python -m conversion.recipes runs/tiny-fp32 melody_edge/assets/tiny-bundle --readme README.md

@@ -28,7 +28,7 @@ MACHINE = {"cpu", "arch", "cpu_flags", "cores_physical", "cores_logical", "threa
            "versions"}
 
 
-def _python(*args: str, env: dict[str, str] | None = None, timeout: int = 240) -> None:
+def _python(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> None:
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout,
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -1,0 +1,36 @@
+"""The model that ships inside the package: present, verified, torch-free by default, and its parity recorded."""
+
+import json
+
+import numpy as np
+
+from conversion.parity import THRESHOLDS
+from melody_edge import Generator
+from melody_edge.bundle import load_bundle
+from melody_edge.generator import ASSETS
+
+
+def test_default_generator_runs_the_shipped_int8_bundle_on_onnxruntime():
+    gen = Generator()
+    assert gen.info["backend"] == "onnxruntime" and gen.info["model"] == "tiny"
+    audio = gen.generate("a slow chorale for string ensemble in G major", seconds=3, seed=0)
+    assert len(audio.samples) == 3 * 24_000
+    rms = float(np.sqrt(np.mean(audio.samples**2)))
+    assert 0.005 < rms < 0.9  # not silent, not clipping throughout
+
+
+def test_shipped_bundle_parity_figures_pass_their_gates():
+    bundle = load_bundle(ASSETS / "tiny-bundle")
+    for name in ("parity.json", "parity_fp32.json"):
+        parity = json.loads((bundle.root / name).read_text())
+        limits = THRESHOLDS[parity["precision"]]
+        for key, limit in limits.items():
+            value = parity["figures"][key]
+            assert (value <= limit) if key.endswith("max_abs") else (value >= limit), (name, key, value)
+
+
+def test_shipped_weights_stay_small():
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert total < 100e6
+    ckpt = sum(p.stat().st_size for p in (ASSETS / "tiny").iterdir())
+    assert ckpt < 60e6
