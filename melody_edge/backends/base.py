@@ -51,3 +51,12 @@ class Backend(ABC):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def _load_bundle_assets(self, bundle: Any) -> None:
+        """The non-graph files of a bundle: null prefix (CFG), semantic tokenizer (if shipped), text tokenizer."""
+        from melody_edge.tokenizer import SemanticTokenizer
+
+        self._null = np.load(bundle.file("null_prefix"))
+        self.semantic_tokenizer = (SemanticTokenizer.load(bundle.file("semantic_tokenizer"))
+                                   if "semantic_tokenizer" in bundle.manifest["files"] else None)
+        self.text_tokenizer_path = bundle.file("text_tokenizer")

@@ -86,8 +86,6 @@ class CoreMLBackend(Backend):
         if bundle.format != "coreml":
             raise BundleError(f"{bundle.root} is a {bundle.format!r} bundle; export one with "
                               "`python -m conversion.export --format coreml` to run it with Core ML")
-        from melody_edge.tokenizer import SemanticTokenizer
-
         if verify:
             verify_files(bundle)
         self.bundle = bundle
@@ -103,10 +101,7 @@ class CoreMLBackend(Backend):
                 raise BundleError(f"cannot load {path} ({comp}): {e}; the package is corrupt, re-export") from e
             self._check_spec(comp, model)
             self.models[comp] = model
-        self._null = np.load(bundle.file("null_prefix"))
-        self.semantic_tokenizer = (SemanticTokenizer.load(bundle.file("semantic_tokenizer"))
-                                   if "semantic_tokenizer" in bundle.manifest["files"] else None)
-        self.text_tokenizer_path = bundle.file("text_tokenizer")
+        self._load_bundle_assets(bundle)
         self._max_len = self.config.lm_max_len
         log.info("Core ML bundle %s loaded (%s, compute units %s)", bundle.root, bundle.precision, compute_units)
 

@@ -38,8 +38,6 @@ class OnnxBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise BackendUnavailableError("the onnxruntime backend needs: pip install onnxruntime") from e
-        from melody_edge.tokenizer import SemanticTokenizer
-
         self.bundle = bundle
         self.config = bundle.config
         self.providers = providers or default_providers()
@@ -51,6 +49,7 @@ class OnnxBackend(Backend):
         if bundle.precision == "fp16" and self.providers == ["CPUExecutionProvider"]:
             opts.add_session_config_entry("session.disable_optimizers", "NchwcTransformer")  # ORT CPU fp16 crash
         self.sessions = {}
+        self._in_types: dict[str, dict[str, type]] = {}
         for comp in COMPONENTS:
             try:
                 sess = ort.InferenceSession(str(bundle.file(comp)), opts, providers=self.providers)
@@ -59,11 +58,7 @@ class OnnxBackend(Backend):
                                   ) from e
             self._check_spec(comp, sess)
             self.sessions[comp] = sess
-        self._null = np.load(bundle.file("null_prefix"))
-        self.semantic_tokenizer = (SemanticTokenizer.load(bundle.file("semantic_tokenizer"))
-                                   if "semantic_tokenizer" in bundle.manifest["files"] else None)
-        self.text_tokenizer_path = bundle.file("text_tokenizer")
-        self._fp16 = bundle.precision == "fp16"
+        self._load_bundle_assets(bundle)
 
     def _check_spec(self, comp: str, sess: Any) -> None:
         spec = self.bundle.spec(comp)
@@ -71,7 +66,6 @@ class OnnxBackend(Backend):
         want = {k: (v["dtype"], len(v["shape"])) for k, v in spec.get("inputs", {}).items()}
         if got != want:
             raise BundleError(f"{comp} graph inputs {got} do not match the manifest spec {want}; re-export the bundle")
-        self._in_types = getattr(self, "_in_types", {})
         self._in_types[comp] = {i.name: _DTYPES.get(i.type, np.float32) for i in sess.get_inputs()}
 
     def _run(self, comp: str, **inputs: np.ndarray) -> list[np.ndarray]:
