@@ -5,6 +5,7 @@
 The frozen MiniLM runs once over the 3 captions of every clip (cached in ``<out>/text_states_<split>.pt``);
 each step picks one caption per clip, replaces the prefix by the learned null prefix with probability
 ``cfg.text.dropout_p`` (for classifier-free guidance) and minimises the cross-entropy of the window's tokens.
+The LM shipped is the one with the lowest valid loss among the validation passes of the run.
 """
 
 from __future__ import annotations
@@ -108,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         opt.step()
         return {"loss": loss.item()}
 
+    best: dict[str, Any] = {"valid_loss": float("inf"), "step": 0, "state": None}
+
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
+        """Mean valid cross-entropy (first caption, no dropout); keeps the LM weights of the best one so far."""
         valid, losses = data["valid"], []
         model.eval()
         for i in range(0, len(valid["tokens"]), args.batch):
@@ -117,10 +121,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             zeros = torch.zeros(len(idx), dtype=torch.long)
             losses.append(batch_loss(valid, idx, zeros, zeros.bool()).item() * len(idx))
         model.train()
-        return {"valid_loss": sum(losses) / len(valid["tokens"])}
+        loss = sum(losses) / len(valid["tokens"])
+        if loss < best["valid_loss"]:
+            state = {k: v.detach().clone() for k, v in unwrap(model).lm.state_dict().items()}
+            best.update(valid_loss=loss, step=run.step, state=state)
+        return {"valid_loss": loss, "best_valid_loss": best["valid_loss"], "best_step": best["step"]}
 
     run.train(step, {"lm": model}, {"opt": opt}, evaluate if "valid" in data else None)
-    run.finish(unwrap(model).lm.state_dict())
+    if best["state"] is not None:  # ship the weights with the lowest valid loss seen in this process
+        log.info("shipping the LM of step %d (valid loss %.4f)", best["step"], best["valid_loss"])
+    run.finish(best["state"] if best["state"] is not None else unwrap(model).lm.state_dict())
 
 
 if __name__ == "__main__":

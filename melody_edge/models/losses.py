@@ -5,9 +5,12 @@
 - feature matching: L1 between the discriminator feature maps of real and reconstructed audio, averaged over the
   layers of each discriminator, then over the discriminators;
 - LSGAN generator and discriminator losses, averaged over the discriminators;
-- KL of the diagonal Gaussian posterior to N(0, I), averaged over latent channels and frames.
+- KL of the diagonal Gaussian posterior to N(0, I), averaged over latent channels and frames;
+- ours, not the paper's: L1 between the decoder's predicted log-magnitude and the input's at the VAE's own STFT,
+  both floored at ``LINEAR_FLOOR``. It reaches the magnitudes directly, whatever the phases; through the iSTFT
+  alone a 2-core run learned envelopes but not pitch.
 
-``generator_loss`` weights these with ``cfg.w_stft``, ``cfg.w_fm``, ``cfg.w_gan`` and ``cfg.w_kl``;
+``generator_loss`` weights these with ``cfg.w_stft``, ``cfg.w_fm``, ``cfg.w_gan``, ``cfg.w_kl`` and ``cfg.w_mag``;
 ``stft_only_loss`` is its warm-up form without the discriminators (STFT and KL terms only).
 """
 
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from melody_edge.models.config import VAEConfig
+from melody_edge.models.vae import LINEAR_FLOOR, LOG_MAG_MAX
 
 # paper B.1: (FFT size, window, hop) of the multi-resolution STFT loss
 STFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = (
@@ -82,12 +86,23 @@ def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.
     return torch.stack(per_disc).mean()
 
 
+def log_magnitude_loss(log_mag: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between predicted and target log-magnitudes (B, F, L), both clamped to [LINEAR_FLOOR, LOG_MAG_MAX]."""
+    return F.l1_loss(torch.clamp(log_mag, LINEAR_FLOOR, LOG_MAG_MAX), torch.clamp(target, LINEAR_FLOOR, LOG_MAG_MAX))
+
+
 def stft_only_loss(
-    cfg: VAEConfig, audio: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+    cfg: VAEConfig, audio: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+    log_mag: torch.Tensor | None = None, log_mag_target: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Warm-up generator loss without discriminators: w_stft * STFT + w_kl * KL; returns (total, parts)."""
+    """Warm-up generator loss without discriminators: w_stft * STFT + w_kl * KL, plus w_mag * log-magnitude L1
+    when the decoder's ``log_mag`` and its ``log_mag_target`` are given; returns (total, parts)."""
     parts = {"stft": multi_resolution_stft_loss(audio, recon), "kl": kl_loss(mean, logvar)}
-    return cfg.w_stft * parts["stft"] + cfg.w_kl * parts["kl"], parts
+    total = cfg.w_stft * parts["stft"] + cfg.w_kl * parts["kl"]
+    if log_mag is not None and log_mag_target is not None:
+        parts["mag"] = log_magnitude_loss(log_mag, log_mag_target)
+        total = total + cfg.w_mag * parts["mag"]
+    return total, parts
 
 
 def generator_loss(
@@ -99,13 +114,15 @@ def generator_loss(
     disc_real_feats: list[list[torch.Tensor]],
     disc_fake_logits: list[torch.Tensor],
     disc_fake_feats: list[list[torch.Tensor]],
+    log_mag: torch.Tensor | None = None,
+    log_mag_target: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Full VAE-GAN generator loss: w_stft * STFT + w_fm * FM + w_gan * GAN + w_kl * KL; returns (total, parts).
 
     ``audio`` and ``recon`` are (B, T); the discriminator outputs are those of ``VAEDiscriminator`` on the real
     audio (features only) and on the reconstruction (logits and features, not detached).
     """
-    total, parts = stft_only_loss(cfg, audio, recon, mean, logvar)
+    total, parts = stft_only_loss(cfg, audio, recon, mean, logvar, log_mag, log_mag_target)
     parts["fm"] = feature_matching_loss(disc_real_feats, disc_fake_feats)
     parts["gan"] = gan_generator_loss(disc_fake_logits)
     return total + cfg.w_fm * parts["fm"] + cfg.w_gan * parts["gan"], parts

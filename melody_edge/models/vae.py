@@ -16,6 +16,7 @@ middle of samples [t*h, (t+1)*h), and decoding L frames gives exactly L*h sample
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from melody_edge.models.config import VAEConfig
 
 LOG_MAG_FLOOR = 1e-10  # power floor of the log-magnitude input: log-magnitude >= 0.5 * ln(1e-10) = -11.5
 LOG_MAG_MAX = 10.0  # the decoder's predicted log-magnitude is clamped here before exp
+LINEAR_FLOOR = -7.0  # log-magnitude floor of the linear path (|X| = 9e-4; a full-scale sine peaks at 480)
 
 
 def _dft(n_fft: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,24 +137,31 @@ class ConvNeXtStack(nn.Module):
 
 
 class VAEEncoder(nn.Module):
-    """Waveform (B, T) -> Gaussian posterior (mean, logvar), each (B, latent_dim, ceil(T / hop))."""
+    """Waveform (B, T) -> Gaussian posterior (mean, logvar), each (B, latent_dim, ceil(T / hop)).
+
+    The mean is a linear path (a 1x1 conv on the log-magnitude floored at ``LINEAR_FLOOR``) plus the ConvNeXt
+    stack's correction; ``VAE.init_linear_paths`` starts the linear path at whitened PCA.
+    """
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.stft = STFT(cfg.n_fft, cfg.hop)
         self.net = ConvNeXtStack(self.stft.n_bins, cfg.enc_dim, cfg.enc_layers, 2 * cfg.latent_dim, cfg.ffn_mult,
                                  cfg.kernel)
+        self.linear = nn.Conv1d(self.stft.n_bins, cfg.latent_dim, 1)
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(self.stft.log_magnitude(audio))  # (B, 2 * latent_dim, L)
-        mean, logvar = h.chunk(2, dim=1)  # (B, latent_dim, L) each
+        log_mag = self.stft.log_magnitude(audio)  # (B, F, L)
+        mean, logvar = self.net(log_mag).chunk(2, dim=1)  # (B, latent_dim, L) each
+        mean = mean + self.linear(torch.clamp(log_mag, min=LINEAR_FLOOR))
         return mean, torch.clamp(logvar, -30.0, 20.0)
 
 
 class VAEDecoder(nn.Module):
     """Latents (B, latent_dim, L) -> waveform (B, L * hop), through a Vocos-style iSTFT head.
 
-    The stack predicts per bin a log-magnitude x (clamped at ``LOG_MAG_MAX``) and a phase p; the spectrum is
+    The stack predicts per bin a phase p and a correction to the log-magnitude of a linear path (a 1x1 conv of
+    the latents, the inverse of the encoder's); their sum x is clamped at ``LOG_MAG_MAX`` and the spectrum is
     exp(x) * (cos p + i sin p).
     """
 
@@ -161,11 +170,31 @@ class VAEDecoder(nn.Module):
         self.istft = ISTFT(cfg.n_fft, cfg.hop)
         self.net = ConvNeXtStack(cfg.latent_dim, cfg.dec_dim, cfg.dec_layers, 2 * self.istft.n_bins, cfg.ffn_mult,
                                  cfg.kernel)
+        self.linear = nn.Conv1d(cfg.latent_dim, self.istft.n_bins, 1)
+
+    def spectrum(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, latent_dim, L) -> (log-magnitude, phase), each (B, n_fft // 2 + 1, L)."""
+        log_mag, phase = self.net(z).chunk(2, dim=1)  # (B, F, L) each
+        return log_mag + self.linear(z), phase
+
+    def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """(log-magnitude, phase), each (B, F, L) -> audio (B, L * hop)."""
+        mag = torch.exp(torch.clamp(log_mag, max=LOG_MAG_MAX))  # (B, F, L)
+        return self.istft(mag * torch.cos(phase), mag * torch.sin(phase))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        log_mag, phase = self.net(z).chunk(2, dim=1)  # (B, F, L) each
-        mag = torch.exp(torch.clamp(log_mag, max=LOG_MAG_MAX))  # (B, F, L)
-        return self.istft(mag * torch.cos(phase), mag * torch.sin(phase))  # (B, L * hop)
+        return self.synthesize(*self.spectrum(z))  # (B, L * hop)
+
+
+class VAEOutput(NamedTuple):
+    """What a training pass of ``VAE`` returns: the reconstruction (B, T), the posterior (mean, logvar), each
+    (B, latent_dim, L), the decoder's log-magnitude (B, F, L) and the input's log-magnitude at the same STFT."""
+
+    recon: torch.Tensor
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    log_mag: torch.Tensor
+    log_mag_target: torch.Tensor
 
 
 class VAE(nn.Module):
@@ -180,6 +209,34 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = VAEEncoder(cfg)
         self.decoder = VAEDecoder(cfg)
+
+    @torch.no_grad()
+    def init_linear_paths(self, audio: torch.Tensor, init_logvar: float = -4.0) -> dict[str, float]:
+        """Data-dependent initialisation: whitened PCA of the floored log-magnitude frames of ``audio`` (B, T).
+
+        The encoder's linear path becomes the projection on the top ``latent_dim`` principal components divided by
+        their standard deviations (so latents start near N(0, 1), inside the diffusion range), the decoder's its
+        inverse; the stacks' mean and log-magnitude outputs start at zero and the posterior's log-variance at
+        ``init_logvar``. Without it a 2-core training run learns loudness and rhythm but not pitch (chroma
+        correlation 0.09 after 1,750 steps); 32 PCA components alone keep a chroma correlation of about 0.9.
+        Returns the fraction of the frames' variance the components explain.
+        """
+        k = self.cfg.latent_dim
+        frames = torch.clamp(self.encoder.stft.log_magnitude(audio), min=LINEAR_FLOOR)  # (B, F, L)
+        frames = frames.transpose(1, 2).reshape(-1, frames.shape[1]).double()  # (N, F)
+        mu = frames.mean(0)
+        _, s, vt = torch.linalg.svd(frames - mu, full_matrices=False)
+        std = s[:k] / math.sqrt(len(frames) - 1)  # (k,)
+        basis = vt[:k]  # (k, F)
+        self.encoder.linear.weight.copy_((basis / std[:, None])[:, :, None].float())
+        self.encoder.linear.bias.copy_((-(basis @ mu) / std).float())
+        self.decoder.linear.weight.copy_((basis.T * std[None, :])[:, :, None].float())
+        self.decoder.linear.bias.copy_(mu.float())
+        for proj, n in ((self.encoder.net.proj, k), (self.decoder.net.proj, self.decoder.istft.n_bins)):
+            proj.weight[:n].zero_()
+            proj.bias[:n].zero_()
+        self.encoder.net.proj.bias[k:].fill_(init_logvar)
+        return {"explained": float((s[:k] ** 2).sum() / (s**2).sum())}
 
     def encode(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> (mean, logvar), each (B, latent_dim, ceil(T / hop))."""
@@ -210,10 +267,10 @@ class VAE(nn.Module):
         """(B, L, latent_dim) in diffusion space -> audio (B, L * hop)."""
         return self.decode(self.from_diffusion(zd).transpose(1, 2))
 
-    def forward(
-        self, audio: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: (B, T) -> (reconstruction cropped to (B, T), mean, logvar)."""
+    def forward(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        """Training pass: (B, T) -> ``VAEOutput`` (reconstruction cropped to (B, T), posterior, spectra)."""
         mean, logvar = self.encode(audio)  # (B, latent_dim, L)
-        recon = self.decode(self.sample(mean, logvar, generator))  # (B, L * hop)
-        return recon[:, : audio.shape[-1]], mean, logvar
+        log_mag, phase = self.decoder.spectrum(self.sample(mean, logvar, generator))  # (B, F, L) each
+        recon = self.decoder.synthesize(log_mag, phase)  # (B, L * hop)
+        target = self.encoder.stft.log_magnitude(audio)  # (B, F, L); the encoder computed it too, cheap to redo
+        return VAEOutput(recon[:, : audio.shape[-1]], mean, logvar, log_mag, target)

@@ -57,7 +57,7 @@ def test_round_trip_shapes_for_odd_lengths(preset: str) -> None:
             zd = vae.encode_for_diffusion(audio)
             assert zd.shape == (2, frames, cfg.latent_dim)
             assert vae.decode_from_diffusion(zd).shape == (2, frames * cfg.hop)
-            recon, _, _ = vae(audio, torch.Generator().manual_seed(0))
+            recon = vae(audio, torch.Generator().manual_seed(0)).recon
             assert recon.shape == audio.shape
 
 
@@ -103,7 +103,7 @@ def test_gan_losses_are_finite_and_backpropagate() -> None:
     gen = torch.Generator().manual_seed(0)
     vae, disc = _seeded_vae("debug"), VAEDiscriminator(cfg)
     audio = _tones(2, 12_000, gen)
-    recon, mean, logvar = vae(audio, gen)
+    recon, mean, logvar, log_mag, target = vae(audio, gen)
 
     real_logits, real_feats = disc(audio)
     fake_logits, _ = disc(recon.detach())
@@ -112,8 +112,9 @@ def test_gan_losses_are_finite_and_backpropagate() -> None:
     assert torch.isfinite(d_loss)
 
     fake_logits, fake_feats = disc(recon)
-    total, parts = generator_loss(cfg, audio, recon, mean, logvar, real_feats, fake_logits, fake_feats)
-    assert set(parts) == {"stft", "fm", "gan", "kl"}
+    total, parts = generator_loss(cfg, audio, recon, mean, logvar, real_feats, fake_logits, fake_feats, log_mag,
+                                  target)
+    assert set(parts) == {"stft", "fm", "gan", "kl", "mag"}
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
     total.backward()
     grads = [p.grad for p in vae.parameters()]
@@ -129,8 +130,8 @@ def test_stft_warm_up_lowers_the_multi_resolution_loss() -> None:
     with torch.no_grad():
         before = multi_resolution_stft_loss(audio, vae(audio, torch.Generator().manual_seed(1))[0])
     for _ in range(8):
-        recon, mean, logvar = vae(audio, gen)
-        total, _ = stft_only_loss(cfg, audio, recon, mean, logvar)
+        recon, mean, logvar, log_mag, target = vae(audio, gen)
+        total, _ = stft_only_loss(cfg, audio, recon, mean, logvar, log_mag, target)
         opt.zero_grad()
         total.backward()
         opt.step()
