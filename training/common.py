@@ -219,12 +219,13 @@ class Run:
             self.log_line({k: round(v, 5) for k, v in eval_fn().items()})
         self._save(modules, optims)
 
-    def finish(self, module_state: dict[str, torch.Tensor]) -> None:
-        """Ship the trained part (rank 0) and leave the process group."""
+    def finish(self, module_state: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
+        """Ship the trained part (rank 0), recording ``extra`` beside the run's figures, and leave the process
+        group."""
         if self.is_main:
             info = {"steps": self.step, "finished": self.finished, "wall_seconds": round(self.seconds, 1),
                     "data": str(self.args.data), "seed": self.args.seed, "batch": self.args.batch * self.world,
-                    "lr": self.args.lr}
+                    "lr": self.args.lr, **(extra or {})}
             ship_part(self.out, self.cfg, self.part, module_state, info)
         if self.world > 1:
             dist.barrier()

@@ -10,19 +10,17 @@ mkdir -p runs "$OUT"
 [ -f "$DATA/train.jsonl" ] || python -m training.data --out "$DATA" --pieces 500 --seed 0 --workers 2
 [ -f "$OUT/tokenizer.npz" ] || python -m training.tokenizer --data "$DATA" --vocab 256 --seed 0 \
     --out "$OUT/tokenizer.npz" --tokenize train valid test
-# phase A: VAE and LM side by side, one core each (the LM does not need the VAE)
-python -m training.train_vae --data "$DATA" --out "$OUT" --preset tiny --steps 1800 --gan-start 1800 --batch 8 \
-    --lr 5e-4 --seed 0 --threads 1 --time-limit-min 27 --eval-every 500 > runs/train_vae.out 2>&1 &
-python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
-    --warmup 100 --seed 0 --threads 1 --time-limit-min 30 --eval-every 200 > runs/train_lm.out 2>&1
+# phase A: VAE and LM side by side, one core each (the LM does not need the VAE). The VAE starts from whitened PCA
+# (linear paths) and trains on STFT + log-magnitude + KL losses; the LM ships its best-valid weights.
+python -m training.train_vae --data "$DATA" --out "$OUT" --preset tiny --steps 5500 --gan-start 5500 --batch 8 \
+    --lr 5e-4 --warmup 100 --seed 0 --threads 1 --time-limit-min 40 --eval-every 500 > runs/train_vae.out 2>&1 &
+python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2600 --batch 16 --lr 1e-3 \
+    --warmup 100 --seed 0 --threads 1 --time-limit-min 40 --eval-every 100 > runs/train_lm.out 2>&1
 wait
-# phase B: DPD (needs the VAE) beside the rest of the LM schedule
-python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 1400 --batch 12 --lr 4e-4 \
-    --warmup 100 --seed 0 --threads 1 --time-limit-min 50 > runs/train_dpd.out 2>&1 &
-python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 2400 --batch 16 --lr 1e-3 \
-    --warmup 100 --seed 0 --threads 1 --time-limit-min 45 --eval-every 200 > runs/train_lm2.out 2>&1
-wait
-python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --out training/results/eval_tiny.json
+# phase B: the DPD on the new VAE's latents, both cores
+python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps DPD_STEPS --batch 12 --lr 4e-4 \
+    --warmup 100 --seed 0 --threads 2 --time-limit-min DPD_MIN > runs/train_dpd.out 2>&1
+python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --threads 1 --out training/results/eval_tiny.json
 # ship: fp16 checkpoint into the package, the int8 ONNX bundle (the default runtime) and the fp32 bundle's parity
 python -m training.ship --checkpoint "$OUT" --out melody_edge/assets/tiny
 python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out melody_edge/assets/tiny-bundle

@@ -5,7 +5,7 @@
 The frozen MiniLM runs once over the 3 captions of every clip (cached in ``<out>/text_states_<split>.pt``);
 each step picks one caption per clip, replaces the prefix by the learned null prefix with probability
 ``cfg.text.dropout_p`` (for classifier-free guidance) and minimises the cross-entropy of the window's tokens.
-The LM shipped is the one with the lowest valid loss among the validation passes of the run.
+The LM shipped is the one with the lowest valid loss among this process's validation passes (``shipped_step``).
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return {"valid_loss": loss, "best_valid_loss": best["valid_loss"], "best_step": best["step"]}
 
     run.train(step, {"lm": model}, {"opt": opt}, evaluate if "valid" in data else None)
-    if best["state"] is not None:  # ship the weights with the lowest valid loss seen in this process
+    if best["state"] is None:
+        run.finish(unwrap(model).lm.state_dict())
+    else:  # ship the weights with the lowest valid loss seen in this process
         log.info("shipping the LM of step %d (valid loss %.4f)", best["step"], best["valid_loss"])
-    run.finish(best["state"] if best["state"] is not None else unwrap(model).lm.state_dict())
+        run.finish(best["state"], {"shipped_step": best["step"], "valid_loss": round(best["valid_loss"], 5)})
 
 
 if __name__ == "__main__":
