@@ -217,13 +217,12 @@ def _config_of(job: dict[str, Any]) -> Any:
 def _workload_rows(header: dict[str, Any], job: dict[str, Any], result: dict[str, Any] | None,
                    error: str | None) -> list[dict[str, Any]]:
     from benchmarks.costs import param_counts, workload_costs
-    from melody_edge.generator import DEFAULT_GUIDANCE
 
     cfg = _config_of(job)
     params = param_counts(cfg)
     base = {**header, "kind": "workload", "config": job["label"], "backend": job["backend"],
             "precision": job["precision"], "preset": cfg.name, "model": job["model"], "params": params,
-            "bundle": job.get("bundle"), "steps": job["steps"], "guidance": DEFAULT_GUIDANCE, "seed": job["seed"],
+            "bundle": job.get("bundle"), "steps": job["steps"], "guidance": cfg.guidance, "seed": job["seed"],
             "prompt": job["prompt"], "threads": job["threads"]}
     if result is not None:
         base.update({k: result[k] for k in ("providers", "device", "backend_import_s", "load_s", "rss_after_load_mb")})

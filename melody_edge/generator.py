@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MAX_GENERATE_SECONDS = 600.0  # generate() holds the whole song in memory; use stream() for longer or endless music
 DEFAULT_STEPS = 8
-DEFAULT_GUIDANCE = 2.5  # DPD classifier-free guidance scale (paper: 2.5)
 DEFAULT_LM_GUIDANCE = 1.0
 ASSETS = Path(__file__).parent / "assets"
 
@@ -162,7 +161,7 @@ class Generator:
             prompt: a description such as "a slow chorale for string ensemble in G major" (<= 500 characters).
             seconds: duration, 0 < seconds <= 600.
             seed: makes the result reproducible; ``None`` draws fresh entropy.
-            steps: diffusion steps (default 8); guidance: DPD CFG scale (default 2.5); lm_guidance: LM CFG scale
+            steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
                 (default 1.0 = off); temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
             progress: optional callback ``(stage, done, total)``.
 
@@ -232,7 +231,7 @@ class Generator:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
             raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
         get_schedule(schedule, int(steps))
-        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        guidance = self.config.guidance if guidance is None else guidance
         lm_guidance = DEFAULT_LM_GUIDANCE if lm_guidance is None else lm_guidance
         for name, val in (("guidance", guidance), ("lm_guidance", lm_guidance), ("temperature", temperature)):
             if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0 or val > 100:

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from melody_edge.backends.torch_backend import TorchBackend
-from melody_edge.generator import DEFAULT_GUIDANCE, Generator
+from melody_edge.generator import Generator
 from melody_edge.models.melody import MeLoDy
 from training.data import load_split
 
@@ -250,10 +250,11 @@ def load_clip(path: Path, sr: int, samples: int) -> np.ndarray:
 
 
 def evaluate(checkpoint: Path, data: Path, split: str = "test", *, n: int = 40, seconds: float = 10.24,
-             steps: int = 8, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+             steps: int = 8, guidance: float | None = None, seed: int = 0,
              device: str = "cpu") -> dict[str, Any]:
     """Run the whole evaluation and return the report (see ``main`` for the keys)."""
     model = MeLoDy.load(checkpoint)
+    guidance = model.cfg.guidance if guidance is None else guidance
     random_model = MeLoDy.random(model.cfg, seed)
     sr = model.cfg.sample_rate
     rows = load_split(data, split)
@@ -329,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n", type=int, default=40, help="clips to evaluate (a seeded sample of the split)")
     p.add_argument("--seconds", type=float, default=10.24, help="seconds generated (and of real audio compared)")
     p.add_argument("--steps", type=int, default=8, help="diffusion steps")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="DPD classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="DPD classifier-free guidance scale (default: the checkpoint's config.guidance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the bundled `tiny` model end to end on a 2-core CPU (about 2 hours; see MODEL_CARD.md).
+# Reproduces the bundled `tiny` model end to end on a 2-core CPU (about 2 hours 10 minutes; see MODEL_CARD.md).
 # Needs: apt-get install -y fluidsynth timgm6mb-soundfont ; pip install -e ".[train,convert]"
 # Every step is seeded (seed 0) and resumable: rerunning continues from the last checkpoint.
 set -euo pipefail
@@ -18,9 +18,9 @@ python -m training.train_lm --data "$DATA" --out "$OUT" --preset tiny --steps 26
     --warmup 100 --seed 0 --threads 1 --time-limit-min 40 --eval-every 100 > runs/train_lm.out 2>&1
 wait
 # phase B: the DPD on the new VAE's latents, both cores
-python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps DPD_STEPS --batch 12 --lr 4e-4 \
-    --warmup 100 --seed 0 --threads 2 --time-limit-min DPD_MIN > runs/train_dpd.out 2>&1
-python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --threads 1 --out training/results/eval_tiny.json
+python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --steps 2000 --batch 12 --lr 4e-4 \
+    --warmup 100 --seed 0 --threads 2 --time-limit-min 45 > runs/train_dpd.out 2>&1
+python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --threads 2 --out training/results/eval_tiny.json
 # ship: fp16 checkpoint into the package, the int8 ONNX bundle (the default runtime) and the fp32 bundle's parity
 python -m training.ship --checkpoint "$OUT" --out melody_edge/assets/tiny
 python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out melody_edge/assets/tiny-bundle
