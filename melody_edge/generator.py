@@ -161,7 +161,8 @@ class Generator:
             prompt: a description such as "a slow chorale for string ensemble in G major" (<= 500 characters).
             seconds: duration, 0 < seconds <= 600.
             seed: makes the result reproducible; ``None`` draws fresh entropy.
-            steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
+            steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's
+                ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
                 (default 1.0 = off); temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
             progress: optional callback ``(stage, done, total)``.
 
