@@ -23,7 +23,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default 8)")
     p.add_argument("--guidance", type=float, default=None,
                    help="DPD classifier-free guidance (default: the model's; 1 for tiny)")
-    p.add_argument("--lm-guidance", type=float, default=None, help="LM classifier-free guidance (default 1 = off)")
+    p.add_argument("--lm-guidance", type=float, default=None,
+                   help="LM classifier-free guidance (default: the model's; 3 for tiny)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MAX_GENERATE_SECONDS = 600.0  # generate() holds the whole song in memory; use stream() for longer or endless music
 DEFAULT_STEPS = 8
-DEFAULT_LM_GUIDANCE = 1.0
 ASSETS = Path(__file__).parent / "assets"
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -163,7 +162,8 @@ class Generator:
             seed: makes the result reproducible; ``None`` draws fresh entropy.
             steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's
                 ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
-                (default 1.0 = off); temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
+                (default: ``config.lm_guidance``, 3 for tiny, 1 = off for the others);
+                temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -233,7 +233,7 @@ class Generator:
             raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
         get_schedule(schedule, int(steps))
         guidance = self.config.guidance if guidance is None else guidance
-        lm_guidance = DEFAULT_LM_GUIDANCE if lm_guidance is None else lm_guidance
+        lm_guidance = self.config.lm_guidance if lm_guidance is None else lm_guidance
         for name, val in (("guidance", guidance), ("lm_guidance", lm_guidance), ("temperature", temperature)):
             if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0 or val > 100:
                 raise InvalidInputError(f"{name} must be a number in (0, 100], got {val!r}")

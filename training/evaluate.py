@@ -290,7 +290,8 @@ def evaluate(checkpoint: Path, data: Path, split: str = "test", *, n: int = 40, 
     per_clip["real_audio"] = [{"id": r["id"], "prompt": None, **c} for r, c in zip(items, clips, strict=True)]
 
     config = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n": len(items), "seconds": seconds,
-              "steps": steps, "guidance": guidance, "seed": seed, "model": model.cfg.name, "sample_rate": sr,
+              "steps": steps, "guidance": guidance, "lm_guidance": model.cfg.lm_guidance, "seed": seed,
+              "model": model.cfg.name, "sample_rate": sr,
               "threads": torch.get_num_threads(), "clip_ids": [r["id"] for r in items]}
     return {"config": config, "vae": vae, "generation": generation, "per_clip": per_clip}
 
@@ -303,7 +304,8 @@ def markdown(report: dict[str, Any]) -> str:
     c = report["config"]
     lines = [f"# Evaluation of `{c['checkpoint']}` ({c['model']})", "",
              f"{c['n']} `{c['split']}` clips of `{c['data']}`, {c['seconds']} s, {c['steps']} steps, "
-             f"guidance {c['guidance']}, seed {c['seed']}.", "", "## VAE reconstruction (diffusion-space round trip)",
+             f"guidance {c['guidance']}, LM guidance {c.get('lm_guidance', 1.0)}, seed {c['seed']}.", "",
+             "## VAE reconstruction (diffusion-space round trip)",
              "", "| model | " + " | ".join(VAE_METRICS) + " |", "|---" * (len(VAE_METRICS) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(m[k]) for k in VAE_METRICS) + " |" for name, m in report["vae"].items()]
     lines += ["", "## Generation from held-out captions", "", "| row | " + " | ".join(GEN_METRICS) + " |",
