@@ -114,3 +114,24 @@ def test_bad_output_path_raises_and_writes_nothing(debug_gen, tmp_path, name):
 def test_info_describes_the_model(debug_gen):
     info = debug_gen.info
     assert info["model"] == "debug" and info["sample_rate"] == 24_000 and info["token_rate"] == 25
+
+
+def test_default_guidance_comes_from_the_model_config(debug_gen):
+    cfg = debug_gen.config
+    default = debug_gen.generate(PROMPT, seconds=1, seed=5, steps=2)
+    explicit = debug_gen.generate(PROMPT, seconds=1, seed=5, steps=2, guidance=cfg.guidance,
+                                  lm_guidance=cfg.lm_guidance)
+    other = debug_gen.generate(PROMPT, seconds=1, seed=5, steps=2, guidance=cfg.guidance + 1.0)
+    assert np.array_equal(default.samples, explicit.samples)
+    assert not np.array_equal(default.samples, other.samples)
+
+
+def test_model_config_guidance_round_trips_and_old_configs_keep_the_paper_defaults():
+    from melody_edge.models.config import ModelConfig, get_config
+
+    tiny = get_config("tiny")
+    assert (tiny.guidance, tiny.lm_guidance) == (1.0, 3.0)
+    assert ModelConfig.from_dict(tiny.to_dict()) == tiny
+    old = {k: v for k, v in tiny.to_dict().items() if k not in ("guidance", "lm_guidance")}
+    restored = ModelConfig.from_dict(old)
+    assert (restored.guidance, restored.lm_guidance) == (2.5, 1.0)

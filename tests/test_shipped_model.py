@@ -13,6 +13,7 @@ from melody_edge.generator import ASSETS
 def test_default_generator_runs_the_shipped_int8_bundle_on_onnxruntime():
     gen = Generator()
     assert gen.info["backend"] == "onnxruntime" and gen.info["model"] == "tiny"
+    assert (gen.config.guidance, gen.config.lm_guidance) == (1.0, 3.0)  # the bundle carries the model's defaults
     audio = gen.generate("a slow chorale for string ensemble in G major", seconds=3, seed=0)
     assert len(audio.samples) == 3 * 24_000
     rms = float(np.sqrt(np.mean(audio.samples**2)))

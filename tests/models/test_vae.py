@@ -9,8 +9,14 @@ import torch
 
 from melody_edge.models.config import PAPER_PARAMS, get_config
 from melody_edge.models.discriminators import VAEDiscriminator
-from melody_edge.models.losses import discriminator_loss, generator_loss, multi_resolution_stft_loss, stft_only_loss
-from melody_edge.models.vae import ISTFT, STFT, VAE
+from melody_edge.models.losses import (
+    discriminator_loss,
+    generator_loss,
+    log_magnitude_loss,
+    multi_resolution_stft_loss,
+    stft_only_loss,
+)
+from melody_edge.models.vae import ISTFT, LINEAR_FLOOR, STFT, VAE
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -138,3 +144,34 @@ def test_stft_warm_up_lowers_the_multi_resolution_loss() -> None:
     with torch.no_grad():
         after = multi_resolution_stft_loss(audio, vae(audio, torch.Generator().manual_seed(1))[0])
     assert torch.isfinite(after) and after < 0.95 * before
+
+
+def test_pca_init_starts_the_linear_paths_at_whitened_pca() -> None:
+    cfg = get_config("debug").vae
+    vae = _seeded_vae("debug")
+    audio = _tones(4, 24_000, torch.Generator().manual_seed(0))
+    stats = vae.init_linear_paths(audio, init_logvar=-4.0)
+    assert 0.0 < stats["explained"] <= 1.0
+    with torch.no_grad():
+        mean, logvar = vae.encode(audio)  # (B, C, L)
+        log_mag, _ = vae.decoder.spectrum(mean)  # (B, F, L)
+        target = torch.clamp(vae.encoder.stft.log_magnitude(audio), min=LINEAR_FLOOR)
+    flat = mean.transpose(1, 2).reshape(-1, cfg.latent_dim)
+    # whitened: zero mean and unit variance per latent channel over the frames it was fitted on
+    torch.testing.assert_close(flat.mean(0), torch.zeros(cfg.latent_dim), atol=1e-3, rtol=0)
+    torch.testing.assert_close(flat.std(0), torch.ones(cfg.latent_dim), atol=1e-3, rtol=0)
+    assert abs(logvar.mean().item() + 4.0) < 1.0  # the bias is set; the weights keep their random init
+    # the decoder's linear path inverts it: decoding the latents gives the rank-C PCA reconstruction of the frames
+    frames = target.transpose(1, 2).reshape(-1, target.shape[1]).double()  # (N, F)
+    mu = frames.mean(0)
+    basis = torch.linalg.svd(frames - mu, full_matrices=False)[2][: cfg.latent_dim]  # (C, F)
+    expected = ((frames - mu) @ basis.T @ basis + mu).float()
+    torch.testing.assert_close(log_mag.transpose(1, 2).reshape(-1, target.shape[1]), expected, atol=2e-3, rtol=0)
+    assert (expected - frames.float()).abs().mean() < (mu.float() - frames.float()).abs().mean()
+
+
+def test_log_magnitude_loss_is_zero_on_the_input_and_floored() -> None:
+    x = torch.tensor([[[-20.0, 0.0, 3.0]]])
+    assert log_magnitude_loss(x, x) == 0
+    assert log_magnitude_loss(torch.full_like(x, -50.0), torch.full_like(x, -9.0)) == 0  # both below the floor
+    assert log_magnitude_loss(x + 1.0, x) == pytest.approx(2 / 3)  # -20 -> -19 stays under the floor

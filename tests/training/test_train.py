@@ -85,6 +85,7 @@ def test_vae_lm_dpd_train_resume_and_ship(setup):
     assert [s for s, _ in stft] == list(range(1, 31))  # resumed at step 20, no step repeated
     assert_falls([v for _, v in stft])
     assert len(read_log(out / "train_vae.log", "valid_stft")) == 3
+    assert all(-1.0 <= v <= 1.0 for _, v in read_log(out / "train_vae.log", "valid_chroma"))
 
     assert torch.load(out / "train_vae.pt", weights_only=True)["step"] == 30
 
@@ -92,7 +93,12 @@ def test_vae_lm_dpd_train_resume_and_ship(setup):
     train_lm.main(common + ["--steps", "30", "--batch", "8", "--lr", "3e-3", "--eval-every", "15"])
     assert (data / "tokens_train.npz").is_file() and (out / "text_states_train.pt").is_file()
     assert_falls([v for _, v in read_log(out / "train_lm.log", "loss")])
-    assert len(read_log(out / "train_lm.log", "valid_loss")) == 2
+    valid = read_log(out / "train_lm.log", "valid_loss")
+    assert len(valid) == 2
+    # the shipped LM is the best of the validation passes, and config.json says which step it is
+    lm_info = json.loads((out / "config.json").read_text())["training"]["lm"]
+    best_step, best_loss = min(valid, key=lambda sv: sv[1])
+    assert lm_info["shipped_step"] == best_step and lm_info["valid_loss"] == pytest.approx(best_loss, abs=1e-4)
 
     # DPD: latents from the shipped VAE
     train_dpd.main(common + ["--steps", "30", "--batch", "8", "--lr", "2e-3"])
