@@ -217,8 +217,9 @@ class VAE(nn.Module):
         The encoder's linear path becomes the projection on the top ``latent_dim`` principal components divided by
         their standard deviations (so latents start near N(0, 1), inside the diffusion range), the decoder's its
         inverse; the stacks' mean and log-magnitude outputs start at zero and the bias of the posterior's
-        log-variance at ``init_logvar`` (its weights keep their random init). Without it a 2-core training run learns loudness and rhythm but not pitch (chroma
-        correlation 0.09 after 1,750 steps); 32 PCA components alone keep a chroma correlation of about 0.9.
+        log-variance at ``init_logvar`` (its weights keep their random init). Without it a 2-core training run
+        learns loudness and rhythm but not pitch (chroma correlation 0.09 after 1,750 steps); 32 PCA components
+        alone keep a chroma correlation of about 0.9.
         Returns the fraction of the frames' variance the components explain.
         """
         k = self.cfg.latent_dim
