@@ -32,6 +32,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @dataclass(frozen=True, eq=False)
 class Audio:
     """Mono audio: ``samples`` float32 (T,) in [-1, 1] and ``sample_rate`` in Hz."""
@@ -69,6 +76,7 @@ class Audio:
         os.close(fd)
         try:
             sf.write(tmp, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format=fmt, subtype=subtype)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
             os.replace(tmp, p)
         except Exception as e:
             Path(tmp).unlink(missing_ok=True)

@@ -42,3 +42,14 @@ def test_load_missing_or_corrupt_file(tmp_path):
     bad.write_bytes(b"not audio")
     with pytest.raises(InvalidInputError, match="could not read"):
         Audio.load(bad)
+
+
+def test_saved_file_gets_the_umask_mode_not_the_temp_file_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = Audio(np.zeros(2400, dtype=np.float32), 24_000).save(tmp_path / "out.wav")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
