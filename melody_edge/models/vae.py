@@ -151,7 +151,10 @@ class VAEEncoder(nn.Module):
         self.linear = nn.Conv1d(self.stft.n_bins, cfg.latent_dim, 1)
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_mag = self.stft.log_magnitude(audio)  # (B, F, L)
+        return self.posterior(self.stft.log_magnitude(audio))
+
+    def posterior(self, log_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log |STFT| (B, F, L) -> (mean, logvar), each (B, latent_dim, L)."""
         mean, logvar = self.net(log_mag).chunk(2, dim=1)  # (B, latent_dim, L) each
         mean = mean + self.linear(torch.clamp(log_mag, min=LINEAR_FLOOR))
         return mean, torch.clamp(logvar, -30.0, 20.0)
@@ -270,8 +273,8 @@ class VAE(nn.Module):
 
     def forward(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
         """Training pass: (B, T) -> ``VAEOutput`` (reconstruction cropped to (B, T), posterior, spectra)."""
-        mean, logvar = self.encode(audio)  # (B, latent_dim, L)
+        target = self.encoder.stft.log_magnitude(audio)  # (B, F, L): the encoder's input and the magnitude target
+        mean, logvar = self.encoder.posterior(target)  # (B, latent_dim, L)
         log_mag, phase = self.decoder.spectrum(self.sample(mean, logvar, generator))  # (B, F, L) each
         recon = self.decoder.synthesize(log_mag, phase)  # (B, L * hop)
-        target = self.encoder.stft.log_magnitude(audio)  # (B, F, L); the encoder computed it too, cheap to redo
         return VAEOutput(recon[:, : audio.shape[-1]], mean, logvar, log_mag, target)
