@@ -17,6 +17,7 @@ pytest.importorskip("librosa")
 from melody_edge.models.config import SAMPLE_RATE, get_config  # noqa: E402
 from melody_edge.models.melody import MeLoDy  # noqa: E402
 from training import train_dpd, train_lm, train_vae  # noqa: E402
+from training.key_stages import key_stages  # noqa: E402
 from training.tokenizer import fit_tokenizer  # noqa: E402
 
 KEYS = ["C", "D", "E", "F", "G", "A"]
@@ -39,7 +40,8 @@ def write_dataset(root: Path, n_train: int = 6, n_valid: int = 2, seconds: float
             key = KEYS[i % len(KEYS)]
             rows.append({"id": clip_id, "split": split, "path": f"{split}/{clip_id}.wav",
                          "captions": [f"a sine melody in {key} major", f"{key} major tones", f"simple tune, {key}"],
-                         "metadata": {"tonic": key, "mode": "major", "bpm": 120.0, "seconds": seconds}})
+                         "metadata": {"tonic": key, "tonic_pc": i % 12, "mode": "major", "bpm": 120.0,
+                                      "seconds": seconds}})
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -111,6 +113,11 @@ def test_vae_lm_dpd_train_resume_and_ship(setup):
     assert {k: v["steps"] for k, v in meta["training"].items()} == {"vae": 30, "lm": 30, "dpd": 30}
     state = torch.load(out / "train_dpd.pt", weights_only=True)["modules"]["ema"]
     assert all(torch.equal(model.dpd.state_dict()[k], v) for k, v in state.items())  # the EMA is what ships
+
+    # the per-stage key diagnostic runs on the trained checkpoint and reports a fraction per stage
+    stages = key_stages(out, data, "valid", n=2, steps=2)
+    assert set(stages) == {"real_audio", "vae_round_trip", "dpd_from_real_tokens", "generation"}
+    assert all(0.0 <= v <= 1.0 for v in stages.values())
 
 
 def test_vae_gan_phase_runs(tmp_path):
