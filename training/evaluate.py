@@ -249,6 +249,12 @@ def load_clip(path: Path, sr: int, samples: int) -> np.ndarray:
     return out
 
 
+def pick_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The seeded sample of ``n`` rows (in split order) that the evaluation scores."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False))
+    return [rows[i] for i in pick]
+
+
 def evaluate(checkpoint: Path, data: Path, split: str = "test", *, n: int = 40, seconds: float = 10.24,
              steps: int = 8, guidance: float | None = None, seed: int = 0,
              device: str = "cpu") -> dict[str, Any]:
@@ -258,8 +264,7 @@ def evaluate(checkpoint: Path, data: Path, split: str = "test", *, n: int = 40, 
     random_model = MeLoDy.random(model.cfg, seed)
     sr = model.cfg.sample_rate
     rows = load_split(data, split)
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False))
-    items = [rows[i] for i in pick]
+    items = pick_rows(rows, n, seed)
     samples = round(seconds * sr)
     real = [load_clip(Path(data) / r["path"], sr, samples) for r in tqdm(items, desc="load", unit="clip", leave=False)]
     metas = [r["metadata"] for r in items]

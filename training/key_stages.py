@@ -22,7 +22,7 @@ from melody_edge.generator import Generator
 from melody_edge.models.melody import MeLoDy
 from melody_edge.sampling import get_schedule, sample
 from training.common import load_audio, load_rows, load_tokens
-from training.evaluate import estimate_key
+from training.evaluate import estimate_key, pick_rows
 
 
 def key_stages(checkpoint: Path, data: Path, split: str = "test", n: int = 24, steps: int = 8,
@@ -31,8 +31,7 @@ def key_stages(checkpoint: Path, data: Path, split: str = "test", n: int = 24, s
     model = MeLoDy.load(checkpoint)
     backend, cfg = TorchBackend(model, "cpu"), model.cfg
     gen = Generator.from_backend(backend)
-    rows = load_rows(data, split)
-    rows = [rows[i] for i in np.sort(np.random.default_rng(seed).choice(len(rows), min(n, len(rows)), replace=False))]
+    rows = pick_rows(load_rows(data, split), n, seed)
     tokens = load_tokens(data, checkpoint, split, rows, cfg.window_tokens, cfg.lm.vocab_size)
     real = load_audio(data, rows, round(cfg.window_seconds * cfg.sample_rate))
     hits = dict.fromkeys(("real_audio", "vae_round_trip", "dpd_from_real_tokens", "generation"), 0)

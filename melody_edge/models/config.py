@@ -191,9 +191,9 @@ class ModelConfig:
                 vae=VAEConfig(**vae),
                 window_tokens=d["window_tokens"],
                 n_chunks=d["n_chunks"],
-                # configs written before these fields existed used the paper's 2.5 and no LM guidance
-                guidance=d.get("guidance", 2.5),
-                lm_guidance=d.get("lm_guidance", 1.0),
+                # configs written before these fields existed used the class defaults (paper 2.5, no LM guidance)
+                guidance=d.get("guidance", cls.guidance),
+                lm_guidance=d.get("lm_guidance", cls.lm_guidance),
             ).validate()
         except (KeyError, TypeError) as e:
             raise ConfigError(f"model config is malformed ({e!r}); re-export the checkpoint with this version") from e
