@@ -52,18 +52,18 @@ class ShapeRecorder(Backend):
         self.semantic_tokenizer = _Tokens(cfg)
         self.calls: list[Call] = []
 
-    def encode_text(self, input_ids, attention_mask):
+    def encode_text(self, input_ids, attention_mask, controls=None):
         self.calls.append(("text", (input_ids.shape,)))
         return self.null_prefix(input_ids.shape[0])
 
     def null_prefix(self, batch):
-        return np.zeros((batch, self.config.text.n_prefix, self.config.lm.dim), np.float32)
+        return np.zeros((batch, self.config.prefix_len, self.config.lm.dim), np.float32)
 
-    def lm_prefill(self, prefix, tokens):
+    def lm_prefill(self, prefix, tokens, beat=None):
         self.calls.append(("lm_prefill", (prefix.shape, tokens.shape)))
         return np.zeros((prefix.shape[0], self.config.lm.vocab_size), np.float32), None
 
-    def lm_step(self, token, pos, cache):
+    def lm_step(self, token, pos, cache, beat=None):
         self.calls.append(("lm_step", (token.shape,)))
         return np.zeros((token.shape[0], self.config.lm.vocab_size), np.float32), None
 

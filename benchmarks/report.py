@@ -2,8 +2,10 @@
 ``--out``; with ``--readme FILE`` the summary table also replaces what lies between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->`` in FILE. Tables are generated from the rows, never typed by hand.
 
-When the file holds several runs, each configuration x workload shows its latest row; the method notes list the runs
-(commit, date) the tables draw on.
+The tables never mix provenance: they draw on one run (the file's latest, or the ``--run`` ids named, which must
+share one commit), and a configuration is keyed by its label, preset, model hash and settings, so rows of another
+model or other settings are separate lines, never merged. ``--readme`` refuses a ``--quick`` run. The peer is set
+against configurations that run the generator's default steps only.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.peer import FRAME_RATE, REFERENCE_PASSES_10S
-from benchmarks.run import DEFAULT_OUT
+from benchmarks.run import COMMITTED
 from benchmarks.workloads import Workload
+from melody_edge.generator import DEFAULT_STEPS
 
 log = logging.getLogger("benchmarks.report")
 
@@ -33,8 +36,10 @@ SNR_KEYS = ("text_snr_db", "dpd_snr_db", "vae_snr_db", "e2e_snr_db")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``python -m benchmarks report``."""
-    p.add_argument("--in", dest="inp", type=Path, default=DEFAULT_OUT, help=f"JSONL rows ({DEFAULT_OUT})")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT.parent, help="folder for README.md and the PNG plots")
+    p.add_argument("--in", dest="inp", type=Path, default=COMMITTED, help=f"JSONL rows ({COMMITTED})")
+    p.add_argument("--out", type=Path, default=COMMITTED.parent, help="folder for README.md and the PNG plots")
+    p.add_argument("--run", action="append", default=None, metavar="RUN_ID",
+                   help="the run(s) to report (repeatable; one commit); default: the file's latest run")
     p.add_argument("--readme", type=Path, default=None,
                    help=f"also replace the section between {START} and {END} in this file with the summary table")
 
@@ -43,9 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # rows
 # ---------------------------------------------------------------------------------------------------------------
 
+def select_runs(rows: list[dict[str, Any]], run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``run_ids`` (default: the last run in the file); raises ``SystemExit`` when they are of more than
+    one commit (or a clean and a dirty tree), which a table must not mix."""
+    if not rows:
+        raise SystemExit("no rows to report")
+    wanted = set(run_ids or [rows[-1]["run_id"]])
+    missing = wanted - {r["run_id"] for r in rows}
+    if missing:
+        raise SystemExit(f"no rows of run(s) {sorted(missing)}")
+    mine = [r for r in rows if r["run_id"] in wanted]
+    commits = {(r["commit"], r["dirty"]) for r in mine}
+    if len(commits) > 1:
+        raise SystemExit(f"runs {sorted(wanted)} are of different commits {sorted(commits)}: report them apart")
+    return mine
+
+
 class Rows:
-    """The rows of a JSONL file, reduced to the latest one per configuration x workload (and the latest ceilings and
-    peer)."""
+    """The rows of one commit's run(s), reduced to the latest one per configuration x workload (and the latest
+    ceilings and peer). Pass them through ``select_runs`` first."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         latest: dict[tuple, dict[str, Any]] = {}
@@ -53,7 +74,7 @@ class Rows:
         self.peer: dict[str, Any] | None = None
         for r in rows:
             if r["kind"] == "workload":
-                latest[(r["config"], r["preset"], r["steps"], r["workload"])] = r
+                latest[(*_config_key(r), r["workload"])] = r
             elif r["kind"] == "ceilings" and r["status"] == "ok":
                 self.ceilings = r
             elif r["kind"] == "peer" and r["status"] == "ok":
@@ -62,11 +83,11 @@ class Rows:
         self.configs = list(dict.fromkeys(_config_key(r) for r in self.workloads))
 
     @classmethod
-    def load(cls, path: Path) -> Rows:
+    def load(cls, path: Path, run_ids: list[str] | None = None) -> Rows:
         lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
         if not lines:
             raise SystemExit(f"{path} holds no rows; run `python -m benchmarks run` first")
-        return cls([json.loads(line) for line in lines])
+        return cls(select_runs([json.loads(line) for line in lines], run_ids))
 
     def ok(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r for r in self.workloads if r["status"] == "ok" and (kind is None or r["workload_kind"] == kind)]
@@ -90,12 +111,16 @@ class Rows:
 
 
 def _config_key(r: dict[str, Any]) -> tuple:
-    return (r["config"], r["preset"], r["steps"])
+    """What makes rows comparable: label, preset, steps, model hash and settings (rows written before the hash and
+    settings were recorded key as ``unknown``)."""
+    settings = json.dumps(r.get("settings") or "unknown", sort_keys=True)
+    return (r["config"], r["preset"], r["steps"], r.get("model_sha256") or "unknown", settings)
 
 
 def _label(config: tuple) -> str:
-    name, preset, steps = config
-    return f"{name} ({preset}, {steps} steps)"
+    name, preset, steps, model, _ = config
+    model = model.split(":", 1)[0] if model.startswith("random:") else model[:8]
+    return f"{name} ({preset}, {steps} steps, model {model})"
 
 
 def _num(x: Any) -> float | None:
@@ -219,6 +244,8 @@ def peer_table(rows: Rows) -> str:
     p = rows.peer
     body = []
     for c in rows.configs:
+        if c[2] != DEFAULT_STEPS:  # fewer or more DPD steps than users run: not a fair ratio
+            continue
         r = rows.reference_gen(c, p["audio_seconds"])
         if r is None:
             continue
@@ -465,8 +492,8 @@ def render(rows: Rows, out: Path, source: Path) -> str:
              "one call on the classifier-free-guidance batch of 2 (conditional + unconditional) and one LM pass one "
              "token (the prefill counts as the first).\n", passes_table(rows)]
     if rows.peer:
-        parts += ["\n## Against the peer\n", "Our seconds per audio second over the peer's (lower is better).\n",
-                  peer_table(rows)]
+        parts += ["\n## Against the peer\n", "Our seconds per audio second over the peer's (lower is better); only "
+                  f"configurations at the default {DEFAULT_STEPS} DPD steps.\n", peer_table(rows)]
     if rows.ceilings:
         parts += ["\n## Machine ceilings\n", ceilings_table(rows), "\n### Fraction of the ceiling each stage reaches\n",
                   fraction_table(rows)]
@@ -496,7 +523,9 @@ def replace_section(path: Path, content: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Write ``README.md`` and the plots into ``args.out`` (and the summary into ``args.readme``)."""
-    rows = Rows.load(args.inp)
+    rows = Rows.load(args.inp, args.run)
+    if args.readme and any(r["quick"] for r in rows.runs()):
+        raise SystemExit("a --quick run (debug preset, one round) does not go into a README table; report a full run")
     page = (args.out / "README.md").resolve()
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(render(rows, args.out, args.inp))
@@ -504,9 +533,10 @@ def main(args: argparse.Namespace) -> int:
     if args.readme:
         last = rows.runs()[-1]
         link = Path(os.path.relpath(page, args.readme.resolve().parent)).as_posix()
-        note = (f"Generated by `python -m benchmarks report` on {last['machine']['cpu']} "
-                f"({last['machine']['threads']} threads), commit `{last['commit'][:10]}`; details and method "
-                f"in [{link}]({link}).")
+        runs = ", ".join(f"`{r['run_id']}`" for r in rows.runs())
+        note = (f"Generated by `python -m benchmarks report` from run {runs} on {last['machine']['cpu']} "
+                f"({last['machine']['threads']} threads), commit `{last['commit'][:10]}`"
+                f"{' (dirty)' if last['dirty'] else ''}; details and method in [{link}]({link}).")
         replace_section(args.readme, summary_table(rows) + "\n\n" + note)
         log.info("updated the summary in %s", args.readme)
     return 0

@@ -1,5 +1,11 @@
 """``python -m benchmarks run``: measure every configuration (backend x precision x model) on named workloads and
-append one JSON line per measurement to a JSONL file (the llama-bench habit: raw samples, machine, commit).
+write one JSON line per measurement to a JSONL file you name (the llama-bench habit: raw samples, machine, commit).
+
+Rows go to ``--out`` (default ``runs/benchmarks/<run id>.jsonl``, git-ignored; never the committed
+``benchmarks/results/results.jsonl`` unless named). An existing file is refused unless ``--append``. Every row carries
+the run's commit (``dirty`` when the tree had changes), the model's hash (``model_sha256``: the checkpoint's weights
+file, or a bundle's digest of its files' hashes; ``random:<preset>`` for random weights) and ``settings`` (steps,
+guidance, threads, seed, repeats, quick); ``report`` groups by them.
 
 Method:
 - each configuration runs in a fresh process (``python -m benchmarks worker``), so its peak RSS is its own;
@@ -9,7 +15,8 @@ Method:
   first audio, each chunk's wall time and the RSS after each chunk; its warm-up is a stream of two chunks;
 - the ceilings (``benchmarks.machine``) are measured once per run in their own process; the analytic FLOPs and bytes
   of each workload (``benchmarks.costs``) are attached to its row;
-- the peer (``benchmarks.peer``) runs in its own process too.
+- the peer (``benchmarks.peer``) runs in its own process too;
+- the paper preset runs the same ``--steps`` as the other configurations (its ratio to the peer is then fair).
 ``--quick`` exports ``debug`` bundles on the fly and runs tiny workloads once, without the paper model and the peer.
 """
 
@@ -36,7 +43,8 @@ log = logging.getLogger("benchmarks.run")
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = 1
-DEFAULT_OUT = Path("benchmarks/results/results.jsonl")
+COMMITTED = Path("benchmarks/results/results.jsonl")  # the committed rows the README tables come from
+RUNS_DIR = ROOT / "runs" / "benchmarks"  # default home of new rows (git-ignored)
 BACKEND_CHOICES = ("torch", "onnx-fp32", "onnx-int8", "onnx-fp16")
 DEFAULT_BACKENDS = "torch,onnx-fp32,onnx-int8"
 DEFAULT_WORKLOADS = "gen5s,gen10s,gen30s,stream600s,cont10s+10s"
@@ -74,7 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the paper preset (random weights, torch fp32) on gen10s (default: on, "
                         "off with --quick)")
-    p.add_argument("--paper-steps", type=int, default=None, help="diffusion steps of the paper run (default --steps)")
     p.add_argument("--paper-repeats", type=int, default=1, help="timed runs of the paper model (default 1)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the MusicGen-small peer (default: on, off with --quick)")
@@ -83,7 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where bundles exported on the fly go (default: a temporary folder); bundles already "
                         "there are reused")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSONL file rows are appended to ({DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSONL file the rows go to (default runs/benchmarks/<run id>.jsonl)")
+    p.add_argument("--append", action="store_true", help="append to --out when it exists (else it is refused)")
 
 
 def _git(*args: str) -> str:
@@ -103,6 +112,27 @@ def _header(quick: bool, threads: int) -> dict[str, Any]:
             "quick": quick, "machine": machine_info(threads)}
 
 
+def _bundle_digest(files: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in sorted(files.items())}).encode()).hexdigest()
+
+
+def model_sha256(model: str) -> str:
+    """What identifies a job's weights: a bundle's digest of its files' sha256, a checkpoint's weights-file sha256,
+    or ``random:<preset>`` (random weights, deterministic in the preset)."""
+    from melody_edge.bundle import is_bundle, load_bundle, sha256
+    from melody_edge.generator import ASSETS
+    from melody_edge.models.config import PRESETS
+
+    if is_bundle(model):
+        return _bundle_digest(load_bundle(model, verify=False).manifest["files"])
+    if model in PRESETS and model != "tiny":
+        return f"random:{model}"
+    folder = ASSETS / "tiny" if model == "tiny" else Path(model)
+    return sha256(folder / "model.safetensors")
+
+
 def _bundle_summary(path: Path) -> dict[str, Any]:
     from melody_edge.bundle import load_bundle
 
@@ -111,7 +141,8 @@ def _bundle_summary(path: Path) -> dict[str, Any]:
     parity_file = path / "parity.json"
     parity = json.loads(parity_file.read_text()) if parity_file.is_file() else None
     return {"path": str(path), "precision": b.precision, "model": b.config.name, "size_mb": size / 1e6,
-            "source": b.manifest.get("source"), "parity": parity}
+            "source": b.manifest.get("source"), "parity": parity, "gate": b.manifest.get("gate"),
+            "sha256": _bundle_digest(b.manifest["files"])}
 
 
 def _export(preset: str, precision: str, work_dir: Path, e2e: bool) -> Path:
@@ -174,7 +205,7 @@ def plan(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
                      "precision": b["precision"], "bundle": b})
     if args.paper if args.paper is not None else not args.quick:
         jobs.append({**common, "label": "paper-torch", "backend": "torch", "model": "paper", "precision": "fp32",
-                     "workloads": [PAPER_WORKLOAD], "steps": args.paper_steps or args.steps,
+                     "workloads": [PAPER_WORKLOAD], "steps": args.steps,
                      "repeats": args.paper_repeats, "warmup_seconds": PAPER_WARMUP_SECONDS})
     return jobs
 
@@ -220,8 +251,11 @@ def _workload_rows(header: dict[str, Any], job: dict[str, Any], result: dict[str
 
     cfg = _config_of(job)
     params = param_counts(cfg)
+    settings = {"steps": job["steps"], "guidance": cfg.guidance, "lm_guidance": cfg.lm_guidance,
+                "threads": job["threads"], "seed": job["seed"], "repeats": job["repeats"], "quick": header["quick"]}
     base = {**header, "kind": "workload", "config": job["label"], "backend": job["backend"],
-            "precision": job["precision"], "preset": cfg.name, "model": job["model"], "params": params,
+            "precision": job["precision"], "preset": cfg.name, "model": job["model"],
+            "model_sha256": model_sha256(job["model"]), "settings": settings, "params": params,
             "bundle": job.get("bundle"), "steps": job["steps"], "guidance": cfg.guidance, "seed": job["seed"],
             "prompt": job["prompt"], "threads": job["threads"]}
     if result is not None:
@@ -263,8 +297,11 @@ def _append(out: Path, rows: list[dict[str, Any]]) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark: plan, ceilings, every configuration, the peer; rows go to ``args.out`` as they come."""
     header = _header(args.quick, args.threads)
-    log.info("run %s on %s (%d threads), commit %s", header["run_id"], header["machine"]["cpu"], args.threads,
-             header["commit"][:10])
+    args.out = args.out or RUNS_DIR / f"{header['run_id']}.jsonl"
+    if args.out.exists() and not args.append:
+        raise SystemExit(f"{args.out} exists; name a new --out, or pass --append to add this run's rows to it")
+    log.info("run %s on %s (%d threads), commit %s; rows go to %s", header["run_id"], header["machine"]["cpu"],
+             args.threads, header["commit"][:10], args.out)
     with tempfile.TemporaryDirectory(prefix="melody-bench-") as tmp:
         work_dir = (args.work_dir or Path(tmp)).resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +321,7 @@ def main(args: argparse.Namespace) -> int:
                                        "repeats": args.peer_repeats, "threads": args.threads}, args.threads)
             _append(args.out, [{**header, "kind": "peer", "timestamp": _now(), "threads": args.threads,
                                 "status": "ok" if result else "failed", "error": error, **(result or {})}])
-    log.info("rows appended to %s", args.out)
+    log.info("rows written to %s", args.out)
     return 0
 
 

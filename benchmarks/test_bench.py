@@ -2,7 +2,7 @@
 
 End to end (generate 2 s) and per network (one LM decode step, one DPD pass with the CFG batch of 2 over a full
 window, one VAE decode of a window), each through the torch backend and an exported ONNX bundle. The bundle is
-exported once per module (fp32, parity check off), or taken from ``MELODY_BENCH_BUNDLE`` when that names one.
+exported once per module (fp32, component parity gate only), or taken from ``MELODY_BENCH_BUNDLE`` when that names one.
 ``--benchmark-disable`` runs each body once, as a plain test (``tests/benchmarks`` does so to keep them working).
 """
 
@@ -27,7 +27,7 @@ def debug_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return Path(given)
     from conversion.export import export_bundle
 
-    return export_bundle("debug", tmp_path_factory.mktemp("debug-fp32"), precision="fp32", check=False)
+    return export_bundle("debug", tmp_path_factory.mktemp("debug-fp32"), precision="fp32", e2e=False)
 
 
 @pytest.fixture(scope="module")

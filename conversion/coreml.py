@@ -10,11 +10,12 @@ dimension is a ``RangeDim`` (no component needed ``EnumeratedShapes``):
 - DPD: 1..window_frames latent frames and 1..window_tokens tokens; VAE decoder 1..window_frames frames, VAE encoder
   1..window_frames * hop samples (the generator never runs more than one window through a graph).
 
-Where the Core ML graphs differ from the ONNX ones (export.py), and why:
+Where the Core ML graphs differ from the ONNX ones (both in ``conversion.graphs``), and why:
 
 - Core ML tensors have rank <= 5, so the LM cache is (2 * n_layers, B, H, max_len, head_dim) instead of
-  (n_layers, 2, ...), and the LM graphs are ``CoreMLPrefill`` and ``CoreMLStep``: ``SemanticLM.prefill`` and
-  ``.step`` over the same blocks without the rank-6 stack (tests check they equal the originals).
+  (n_layers, 2, ...), and the LM graphs are ``graphs.CoreMLPrefill`` and ``graphs.CoreMLStep``:
+  ``SemanticLM.prefill`` and ``.step`` over the same blocks without the rank-6 stack (tests check they equal the
+  originals).
 - Core ML has no empty tensors: prefill takes N >= 1 tokens and returns the logits of the last two positions, and
   the backend feeds a placeholder token when N == 0. Its cache is returned unpadded (Core ML pads rank >= 2 tensors
   by static amounts only) and the backend pads it to max_len.
@@ -37,11 +38,9 @@ Predictions need macOS 14+ (``melody_edge.backends.coreml_backend``); elsewhere 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,14 +50,12 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import nn
 
-from conversion.export import OUTPUTS, _git_commit, _modules, example_inputs, load_checkpoint
+from conversion.common import git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.graphs import OUTPUTS, coreml_example_inputs, coreml_graphs
 from melody_edge.backends.coreml_backend import feature_dtype, sha256_path
-from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, MANIFEST
+from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS
 from melody_edge.errors import BackendUnavailableError, ConfigError
 from melody_edge.models.config import TEXT_MAX_TOKENS, ModelConfig
-from melody_edge.models.layers import rope_angles
-from melody_edge.models.lm import SemanticLM
-from melody_edge.models.melody import MeLoDy
 from melody_edge.text import minilm_dir
 
 log = logging.getLogger("conversion.coreml")
@@ -66,65 +63,6 @@ PRECISIONS = ("fp16", "fp32", "int8", "palettize4")
 DEPLOYMENT_TARGET = "macOS14"
 FLOAT32_COMPONENTS = frozenset({"vae_encoder"})  # computed in float32 at every precision (module docstring)
 Flex = tuple[str, int, int]  # a flexible dimension: (symbol shared across a graph's inputs, min, max)
-
-
-class CoreMLPrefill(nn.Module):
-    """``SemanticLM.prefill`` without rank-6 tensors: prefix (B, P, D) + tokens (B, N >= 1) -> (logits of the
-    last two positions (B, 2, V), unpadded cache (2 * n_layers, B, H, P + N, head_dim))."""
-
-    def __init__(self, lm: SemanticLM) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lm = self.lm
-        x = torch.cat([prefix, lm.tok_emb(tokens)], dim=1)
-        T = x.shape[1]
-        cos, sin = rope_angles(torch.arange(T, device=x.device), lm.cfg.head_dim, lm.cfg.rope_theta)
-        mask = torch.triu(torch.full((T, T), -1e9, device=x.device), diagonal=1)
-        kvs = []
-        for blk in lm.blocks:
-            x, kv = blk(x, cos, sin, mask)  # kv (2, B, H, T, head_dim)
-            kvs.append(kv)
-        return lm.head(lm.norm(x[:, -2:])), torch.cat(kvs)
-
-
-class CoreMLStep(nn.Module):
-    """``SemanticLM.step`` without rank-6 tensors: token (B,), pos (1,), cache (2 * n_layers, B, H, max_len,
-    head_dim) -> (logits (B, V), updated cache)."""
-
-    def __init__(self, lm: SemanticLM) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lm = self.lm
-        p = pos.reshape(())
-        x = lm.tok_emb(token)[:, None]  # (B, 1, D)
-        cos, sin = rope_angles(pos, lm.cfg.head_dim, lm.cfg.rope_theta)
-        mask = torch.where(torch.arange(cache.shape[-2], device=x.device) <= p, 0.0, -1e9)[None, None, None, :]
-        kvs = []
-        for i, blk in enumerate(lm.blocks):
-            x, kv = blk(x, cos, sin, mask, cache[2 * i : 2 * i + 2], p)
-            kvs.append(kv)
-        return lm.head(lm.norm(x[:, 0])), torch.cat(kvs)
-
-
-def coreml_modules(model: MeLoDy) -> dict[str, nn.Module]:
-    """The six graphs as they are converted: export.py's modules with the LM prefill and step replaced."""
-    mods = _modules(model)
-    mods["lm_prefill"] = CoreMLPrefill(model.lm).eval()
-    mods["lm_step"] = CoreMLStep(model.lm).eval()
-    return mods
-
-
-def coreml_example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """``export.example_inputs`` in the Core ML layout: ``pos`` (1,) and the cache (2 * n_layers, B, H, L, hd)."""
-    inputs = example_inputs(model, seed)
-    step = inputs["lm_step"]
-    step["pos"] = step["pos"].reshape(1)
-    step["cache"] = step["cache"].flatten(0, 1)
-    return inputs
 
 
 def input_shapes(cfg: ModelConfig) -> dict[str, dict[str, list[int | Flex]]]:
@@ -292,7 +230,9 @@ def model_spec(mlmodel: Any) -> dict[str, Any]:
 def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "fp16", steps: int = 8,
                   schedule: str = "paper") -> Path:
     """Export ``checkpoint`` (a preset name or a checkpoint folder) to a Core ML bundle folder ``out``; returns
-    ``out``. No parity gate here: Core ML predicts only on macOS, where the tests compare it with torch."""
+    ``out``. Written in a staging folder and swapped in whole (``conversion.common``). Core ML predicts only on
+    macOS, so off macOS the manifest's gate says "not verified on this platform" (``passed`` null); on macOS the
+    tests compare the predictions with torch."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     try:
@@ -300,40 +240,43 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
     except ImportError as e:
         raise BackendUnavailableError("Core ML export needs: pip install coremltools") from e
     model, folder = load_checkpoint(checkpoint)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    mods, inputs, shapes = coreml_modules(model), coreml_example_inputs(model), input_shapes(model.cfg)
+    graphs, inputs, shapes = coreml_graphs(model), coreml_example_inputs(model), input_shapes(model.cfg)
     files: dict[str, Any] = {}
-    for i, name in enumerate(COMPONENTS, 1):
-        t0 = time.perf_counter()
-        program = export_program(mods[name], inputs[name], shapes[name])
-        float16 = precision != "fp32" and name not in FLOAT32_COMPONENTS
-        mlmodel = compress(convert(program, inputs[name], shapes[name], OUTPUTS[name], float16=float16), precision)
-        dst = out / f"{name}.mlpackage"
-        if dst.exists():
-            shutil.rmtree(dst)
-        mlmodel.save(str(dst))
-        files[name] = {"path": dst.name, "spec": model_spec(mlmodel)}
-        size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
-        print(f"[{i}/{len(COMPONENTS)}] {name}: {size / 1e6:.1f} MB ({time.perf_counter() - t0:.1f} s)",
-              file=sys.stderr)
-    np.save(out / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
-    files["null_prefix"] = {"path": "null_prefix.npy"}
-    shutil.copyfile(minilm_dir() / "tokenizer.json", out / "tokenizer.json")
-    files["text_tokenizer"] = {"path": "tokenizer.json"}
-    if folder is not None and (folder / "tokenizer.npz").is_file():
-        shutil.copyfile(folder / "tokenizer.npz", out / "semantic_tokenizer.npz")
-        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
-    for entry in files.values():
-        entry["sha256"] = sha256_path(out / entry["path"])
-    manifest = {
-        "bundle_version": BUNDLE_FORMAT, "format": "coreml", "precision": precision, "model": model.cfg.name,
-        "config": model.cfg.to_dict(), "sample_rate": model.cfg.sample_rate, "token_rate": model.cfg.token_rate,
-        "latent_rate": model.cfg.vae.frame_rate, "steps": steps, "schedule": schedule, "files": files,
-        "source": {"checkpoint": str(checkpoint), "commit": _git_commit()},
-        "tools": {"torch": torch.__version__, "coremltools": ct.__version__, "python": platform.python_version(),
-                  "minimum_deployment_target": DEPLOYMENT_TARGET},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with staged_bundle(out) as stage:
+        for i, name in enumerate(COMPONENTS, 1):
+            t0 = time.perf_counter()
+            program = export_program(graphs[name], inputs[name], shapes[name])
+            float16 = precision != "fp32" and name not in FLOAT32_COMPONENTS
+            mlmodel = compress(convert(program, inputs[name], shapes[name], OUTPUTS[name], float16=float16),
+                               precision)
+            dst = stage / f"{name}.mlpackage"
+            mlmodel.save(str(dst))
+            files[name] = {"path": dst.name, "spec": model_spec(mlmodel)}
+            size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+            log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, size / 1e6, time.perf_counter() - t0)
+        np.save(stage / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
+        files["null_prefix"] = {"path": "null_prefix.npy"}
+        shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
+        files["text_tokenizer"] = {"path": "tokenizer.json"}
+        if folder is not None and (folder / "tokenizer.npz").is_file():
+            shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
+            files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
+        for entry in files.values():
+            entry["sha256"] = sha256_path(stage / entry["path"])
+        on_macos = platform.system() == "Darwin"
+        gate = {"passed": None, "status": "not verified on this platform" if not on_macos else
+                "not run: compare with torch by the macOS tests (tests/conversion/test_coreml.py)",
+                "platform": platform.system()}
+        manifest = {
+            "bundle_version": BUNDLE_FORMAT, "format": "coreml", "precision": precision, "model": model.cfg.name,
+            "config": model.cfg.to_dict(), "sample_rate": model.cfg.sample_rate, "token_rate": model.cfg.token_rate,
+            "latent_rate": model.cfg.vae.frame_rate, "steps": steps, "schedule": schedule, "files": files,
+            "source": {"checkpoint": str(checkpoint), "commit": git_commit()},
+            "tools": {"torch": torch.__version__, "coremltools": ct.__version__, "python": platform.python_version(),
+                      "minimum_deployment_target": DEPLOYMENT_TARGET},
+            "gate": gate,
+        }
+        write_manifest(stage, manifest)
+        publish(stage, out)
     log.info("Core ML bundle (%s) written to %s", precision, out)
-    return out
+    return Path(out)

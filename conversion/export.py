@@ -1,9 +1,11 @@
 """Checkpoint -> bundle: ``python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out DIR``.
 
-Exports the six components (text encoder = MiniLM + the LM's conditioner, LM prefill, LM decode step with the KV
-cache as explicit inputs/outputs, DPD denoiser, VAE decoder and encoder), quantizes (int8: dynamic, per-channel
-QUInt8 weights, the AVX2-safe recipe of DEPENDENCIES.md; fp16: for CUDA/Core ML), checks parity against torch on
-the same inputs, and writes ``manifest.json`` + ``parity.json``.
+Exports the six graphs of ``conversion.graphs`` (text encoder = MiniLM + the LM's conditioner, LM prefill, LM decode
+step with the KV cache as explicit inputs/outputs, DPD denoiser, VAE decoder and encoder), quantizes (int8: dynamic,
+per-channel QUInt8 weights, the AVX2-safe recipe of DEPENDENCIES.md; fp16: for CUDA/Core ML, checked here on the CPU
+provider), all in a staging folder next to ``--out``; there it runs the parity gate against torch, records the
+gate in ``manifest.json`` (and ``parity.json``), and only then replaces ``--out`` whole. A failed gate leaves
+``--out`` as it was, puts the failed bundle at ``<out>.failed`` for inspection and raises ``ParityError``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,100 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from conversion.parity import report_parity, snr_db
-from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, MANIFEST, load_bundle, sha256
+from conversion.common import git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
+from conversion.parity import ParityError, report_parity, snr_db
+from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, sha256
 from melody_edge.errors import ConfigError
 from melody_edge.models.melody import MeLoDy
 from melody_edge.text import TextTokenizer, minilm_dir
 
 log = logging.getLogger("conversion.export")
 OPSET = 20
-# parity is measured on real captions: random word-piece ids are far from what the text encoder sees and
-# exaggerate int8 error (measured 8.7 dB on random ids vs 26 dB on captions for the tiny model)
-PARITY_PROMPTS = ("a slow chorale for string ensemble in G major, 3/4, 66 BPM",
-                  "a lively folk dance for flute in A minor, allegro 132 bpm")
-
-
-class TextPrefix(nn.Module):
-    """MiniLM token states -> the LM's soft prefix, as one graph."""
-
-    def __init__(self, model: MeLoDy) -> None:
-        super().__init__()
-        from melody_edge.models.text import MiniLM
-
-        self.minilm = MiniLM()
-        self.cond = model.lm.cond
-
-    def forward(self, input_ids, attention_mask):
-        return self.cond(self.minilm(input_ids, attention_mask), attention_mask)
-
-
-class LMPrefill(nn.Module):
-    def __init__(self, model: MeLoDy) -> None:
-        super().__init__()
-        self.lm = model.lm
-
-    def forward(self, prefix, tokens):
-        return self.lm.prefill(prefix, tokens)
-
-
-class LMStep(nn.Module):
-    def __init__(self, model: MeLoDy) -> None:
-        super().__init__()
-        self.lm = model.lm
-
-    def forward(self, token, pos, cache):
-        return self.lm.step(token, pos, cache)
-
-
-class VAEDecoder(nn.Module):
-    def __init__(self, model: MeLoDy) -> None:
-        super().__init__()
-        self.vae = model.vae
-
-    def forward(self, z):
-        return self.vae.decode_from_diffusion(z)
-
-
-class VAEEncoder(nn.Module):
-    def __init__(self, model: MeLoDy) -> None:
-        super().__init__()
-        self.vae = model.vae
-
-    def forward(self, audio):
-        return self.vae.encode_for_diffusion(audio)
-
-
-def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Inputs each component is traced and checked with (deterministic in ``seed``)."""
-    c = model.cfg
-    g = torch.Generator().manual_seed(seed)
-    B, N, L = 2, 24, 24 * c.frames_per_token + 3
-    ids, mask = (torch.from_numpy(a) for a in TextTokenizer()(list(PARITY_PROMPTS[:B])))  # real captions
-    prefix = torch.randn(B, c.text.n_prefix, c.lm.dim, generator=g) * 0.5
-    tokens = torch.randint(0, c.lm.vocab_size, (B, N), generator=g)
-    with torch.inference_mode():
-        _, cache = model.lm.prefill(prefix, tokens)
-    return {
-        "text_encoder": {"input_ids": ids, "attention_mask": mask},
-        "lm_prefill": {"prefix": prefix, "tokens": tokens},
-        "lm_step": {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.text.n_prefix + N, dtype=torch.int64),
-                    "cache": cache.clone()},
-        "dpd": {"z": torch.randn(B, L, c.dpd.latent_dim, generator=g), "angles": torch.rand(B, L, generator=g) * 1.5,
-                "tokens": torch.randint(0, c.dpd.sem_vocab + 1, (B, -(-L // c.frames_per_token)), generator=g)},
-        "vae_decoder": {"z": torch.rand(B, L, c.vae.latent_dim, generator=g) * 2 - 1},
-        "vae_encoder": {"audio": torch.randn(B, L * c.vae.hop + 17, generator=g) * 0.1},
-    }
-
-
-def _modules(model: MeLoDy) -> dict[str, nn.Module]:
-    return {"text_encoder": TextPrefix(model).eval(), "lm_prefill": LMPrefill(model).eval(),
-            "lm_step": LMStep(model).eval(), "dpd": model.dpd.eval(), "vae_decoder": VAEDecoder(model).eval(),
-            "vae_encoder": VAEEncoder(model).eval()}
-
-
-OUTPUTS = {"text_encoder": ["prefix"], "lm_prefill": ["logits", "cache"], "lm_step": ["logits", "cache_out"],
-           "dpd": ["v"], "vae_decoder": ["audio"], "vae_encoder": ["z"]}
+E2E_SECONDS = 2.0  # teacher-forced end-to-end clip: 50 tokens, within one window of every preset
 
 
 def _dynamic_shapes(name: str) -> dict[str, Any]:
@@ -154,7 +72,8 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], name: str, p
 
 def quantize(src: Path, dst: Path, precision: str) -> None:
     """int8: dynamic quantization of MatMul/Gemm/Gather weights, per-channel QUInt8 (accurate on AVX2 without VNNI);
-    fp16: all float tensors to float16 with float32 inputs/outputs kept."""
+    fp16: all float tensors to float16 with float32 inputs/outputs kept, by onnxruntime's converter (onnxconverter-
+    common's leaves MiniLM's ``Cast(to=float)`` nodes typed float16 in value_info: onnxruntime refuses the graph)."""
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -162,10 +81,9 @@ def quantize(src: Path, dst: Path, precision: str) -> None:
                          op_types_to_quantize=["MatMul", "Gemm", "Gather"])  # Gather: MiniLM's embeddings
     elif precision == "fp16":
         import onnx
-        from onnxconverter_common import float16
+        from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        m = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-        onnx.save(m, str(dst))
+        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
     else:
         shutil.copyfile(src, dst)
 
@@ -184,32 +102,17 @@ def _spec(path: Path) -> dict[str, Any]:
     return {"inputs": io(m.graph.input), "outputs": io(m.graph.output)}
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def load_checkpoint(checkpoint: str | Path) -> tuple[MeLoDy, Path | None]:
-    """A preset name ('tiny' = the shipped checkpoint; 'debug'/'paper' = random) or a checkpoint folder."""
-    from melody_edge.generator import ASSETS
-    from melody_edge.models.config import PRESETS, get_config
-
-    name = str(checkpoint)
-    if name in PRESETS and name != "tiny":
-        return MeLoDy.random(get_config(name)), None
-    folder = ASSETS / "tiny" if name == "tiny" else Path(checkpoint)
-    return MeLoDy.load(folder), folder
-
-
-def component_parity(model: MeLoDy, bundle_dir: Path, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Torch vs bundle on the same inputs: LM logits max abs diff and greedy agreement, SNR of the others."""
+def _backend(bundle_dir: Path, manifest: dict[str, Any], model: MeLoDy) -> Any:
+    """The bundle on onnxruntime's CPU provider (what ``Generator()`` runs), built without ``load_bundle``: the
+    staged bundle has no gate result yet, which ``load_bundle`` may refuse."""
     from melody_edge.backends.onnx_backend import OnnxBackend
 
-    be = OnnxBackend(load_bundle(bundle_dir))
-    mods = _modules(model)
+    return OnnxBackend(Bundle(bundle_dir, manifest, model.cfg), providers=["CPUExecutionProvider"])
+
+
+def component_parity(model: MeLoDy, be: Any, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Torch vs bundle on the same inputs: LM logits max abs diff and greedy agreement, SNR of the others."""
+    mods = onnx_graphs(model)
     with torch.inference_mode():
         ref = {k: mods[k](**v) for k, v in inputs.items()}
     np_in = {k: {n: t.numpy() for n, t in v.items()} for k, v in inputs.items()}
@@ -240,79 +143,131 @@ def component_parity(model: MeLoDy, bundle_dir: Path, inputs: dict[str, dict[str
     }
 
 
-def e2e_parity(model: MeLoDy, bundle_dir: Path, tokenizer: Any, seconds: float = 2.0) -> dict[str, float]:
-    """The same prompt and seed through the torch backend and the bundle: audio SNR and token agreement."""
-    from melody_edge.backends.onnx_backend import OnnxBackend
-    from melody_edge.backends.torch_backend import TorchBackend
-    from melody_edge.generator import Generator
+def teacher_forced_tokens(model: MeLoDy, prompt: str, n: int) -> np.ndarray:
+    """The torch LM's greedy semantic tokens (n,) for ``prompt``: the shared input of the end-to-end check."""
+    ids, mask = (torch.from_numpy(a) for a in TextTokenizer()([prompt]))
+    out = np.empty(n, np.int64)
+    with torch.inference_mode():
+        prefix = onnx_graphs(model)["text_encoder"](ids, mask)
+        logits, cache = model.lm.prefill(prefix, torch.zeros(1, 0, dtype=torch.int64))
+        for i in range(n):
+            out[i] = int(logits[0].argmax())
+            logits, cache = model.lm.step(torch.tensor(out[i:i + 1]), torch.tensor(prefix.shape[1] + i), cache)
+    return out
 
-    prompt = "a slow chorale for string ensemble in G major"
-    a = Generator.from_backend(TorchBackend(model, "cpu", tokenizer)).generate(prompt, seconds, seed=0, steps=4)
-    b = Generator.from_backend(OnnxBackend(load_bundle(bundle_dir))).generate(prompt, seconds, seed=0, steps=4)
-    return {"e2e_snr_db": snr_db(a.samples, b.samples)}
+
+def e2e_parity(model: MeLoDy, be: Any, *, steps: int = 8, schedule: str = "paper",
+               seconds: float = E2E_SECONDS) -> dict[str, float]:
+    """Teacher-forced end to end: the same semantic tokens and the same starting noise through DPD sampling
+    (``steps``, ``schedule`` and the model's DPD guidance, as ``Generator`` runs them) and the VAE decoder, in torch
+    and in the bundle; the audio SNR in dB.
+
+    DDIM sampling is deterministic given tokens and noise, so this measures the conversion error of DPD + VAE as it
+    accumulates over the sampler's steps. A free-running comparison (same prompt and seed) measures nothing for a
+    sampled LM: one flipped token makes a different song (the int8 bundle measured -2.3 dB that way); the LM is
+    gated by its teacher-forced logits and greedy agreement instead.
+    """
+    from melody_edge.backends.torch_backend import TorchBackend
+    from melody_edge.sampling import get_schedule, sample
+
+    c = model.cfg
+    tokens = teacher_forced_tokens(model, PARITY_PROMPTS[0], round(seconds * c.token_rate))
+    null = np.full_like(tokens, c.dpd.sem_vocab)
+    z0 = np.random.default_rng(0).standard_normal((1, len(tokens) * c.frames_per_token, c.vae.latent_dim),
+                                                  dtype=np.float32)
+    audio = []
+    for backend in (TorchBackend(model, "cpu"), be):
+        def denoise(z, angles, guidance, backend=backend):
+            if guidance == 1.0:
+                return backend.dpd(z, angles, tokens[None])
+            v = backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]))
+            return v[1:] + guidance * (v[:1] - v[1:])
+
+        z = sample(denoise, z0, get_schedule(schedule, steps), guidance=c.guidance)
+        audio.append(backend.vae_decode(z))
+    return {"e2e_snr_db": snr_db(audio[0], audio[1])}
+
+
+def _assets(model: MeLoDy, folder: Path | None, stage: Path, files: dict[str, Any]) -> None:
+    """The null text prefix, the text tokenizer and (for a trained checkpoint) the semantic tokenizer."""
+    np.save(stage / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
+    files["null_prefix"] = {"path": "null_prefix.npy"}
+    shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
+    files["text_tokenizer"] = {"path": "tokenizer.json"}
+    if folder is not None and (folder / "tokenizer.npz").is_file():
+        shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
+        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
+
+
+def finish(stage: Path, out: str | Path, manifest: dict[str, Any], gate: dict[str, Any]) -> Path:
+    """Record ``gate`` in the staged manifest, then publish: to ``out`` when the gate passed or was not run, else
+    to ``<out>.failed`` (``out`` untouched) and raise ``ParityError``."""
+    manifest["gate"] = gate
+    write_manifest(stage, manifest)
+    if gate.get("passed") is False:
+        failed = Path(out).absolute()
+        failed = publish(stage, failed.with_name(failed.name + ".failed"))
+        raise ParityError(f"{manifest['model']} {manifest['format']} {manifest['precision']} parity gate failed: "
+                          f"{', '.join(gate['failed'])}; {out} was left as it was, the failed bundle is at {failed}")
+    return publish(stage, out)
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", precision: str = "fp32",
                   steps: int = 8, schedule: str = "paper", check: bool = True, e2e: bool = True) -> Path:
-    """Export ``checkpoint`` to a bundle folder ``out`` and gate it on parity; returns ``out``."""
+    """Export ``checkpoint`` to a bundle folder ``out`` (replaced whole, only after the parity gate ran; see the
+    module docstring); returns ``out``."""
     if fmt != "onnx":
         if fmt == "coreml":
             from conversion.coreml import export_coreml
 
-            return export_coreml(checkpoint, out, precision=precision)
+            return export_coreml(checkpoint, out, precision=precision, steps=steps, schedule=schedule)
         raise ConfigError(f"unknown format {fmt!r}; choose onnx or coreml")
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
     model, folder = load_checkpoint(checkpoint)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = example_inputs(model)
-    mods = _modules(model)
+    graphs = onnx_graphs(model)
     files: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with staged_bundle(out) as stage, tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(COMPONENTS, 1):
             t0 = time.perf_counter()
             raw = Path(tmp) / f"{name}.onnx"
-            export_onnx(mods[name], inputs[name], name, raw)
-            dst = out / f"{name}.onnx"
+            export_onnx(graphs[name], inputs[name], name, raw)
+            dst = stage / f"{name}.onnx"
             quantize(raw, dst, precision)
             files[name] = {"path": dst.name, "spec": _spec(dst)}
-            print(f"[{i}/{len(COMPONENTS)}] {name}: {dst.stat().st_size / 1e6:.1f} MB "
-                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    np.save(out / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
-    files["null_prefix"] = {"path": "null_prefix.npy"}
-    shutil.copyfile(minilm_dir() / "tokenizer.json", out / "tokenizer.json")
-    files["text_tokenizer"] = {"path": "tokenizer.json"}
-    tokenizer = None
-    if folder is not None and (folder / "tokenizer.npz").is_file():
-        from melody_edge.tokenizer import SemanticTokenizer
+            log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, dst.stat().st_size / 1e6,
+                     time.perf_counter() - t0)
+        _assets(model, folder, stage, files)
+        for entry in files.values():
+            entry["sha256"] = sha256(stage / entry["path"])
+        import onnx
+        import onnxruntime
 
-        shutil.copyfile(folder / "tokenizer.npz", out / "semantic_tokenizer.npz")
-        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
-        tokenizer = SemanticTokenizer.load(out / "semantic_tokenizer.npz")
-    for entry in files.values():
-        entry["sha256"] = sha256(out / entry["path"])
-    import onnx
-    import onnxruntime
-
-    manifest = {
-        "bundle_version": BUNDLE_FORMAT, "format": fmt, "precision": precision, "model": model.cfg.name,
-        "config": model.cfg.to_dict(), "sample_rate": model.cfg.sample_rate, "token_rate": model.cfg.token_rate,
-        "latent_rate": model.cfg.vae.frame_rate, "steps": steps, "schedule": schedule, "files": files,
-        "source": {"checkpoint": str(checkpoint), "commit": _git_commit()},
-        "tools": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                  "python": platform.python_version(), "opset": OPSET},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if check:
-        figures = component_parity(model, out, inputs)
+        manifest = {
+            "bundle_version": BUNDLE_FORMAT, "format": fmt, "precision": precision, "model": model.cfg.name,
+            "config": model.cfg.to_dict(), "sample_rate": model.cfg.sample_rate, "token_rate": model.cfg.token_rate,
+            "latent_rate": model.cfg.vae.frame_rate, "steps": steps, "schedule": schedule, "files": files,
+            "source": {"checkpoint": str(checkpoint), "commit": git_commit()},
+            "tools": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                      "python": platform.python_version(), "opset": OPSET},
+            "gate": {"passed": None, "status": "not run yet"},
+        }
+        write_manifest(stage, manifest)
+        if not check:
+            return finish(stage, out, manifest, {"passed": None, "status": "not run (--no-check)"})
+        be = _backend(stage, manifest, model)
+        figures = component_parity(model, be, inputs)
         if e2e:
-            figures.update(e2e_parity(model, out, tokenizer))
-        result = report_parity(figures, precision, stage=model.cfg.name)
-        result["sizes_mb"] = {k: round((out / v["path"]).stat().st_size / 1e6, 3) for k, v in files.items()}
+            figures.update(e2e_parity(model, be, steps=steps, schedule=schedule))
+        result = report_parity(figures, precision, stage=f"{model.cfg.name} onnx")
+        result["provider"] = "CPUExecutionProvider"
+        result["sizes_mb"] = {k: round((stage / v["path"]).stat().st_size / 1e6, 3) for k, v in files.items()}
         result["total_mb"] = round(sum(result["sizes_mb"].values()), 3)
-        (out / "parity.json").write_text(json.dumps(result, indent=2, default=float))
-    return out
+        (stage / "parity.json").write_text(json.dumps(result, indent=2, default=float))
+        gate = {"passed": result["passed"], "tolerances": result["thresholds"], "measured": figures,
+                "failed": result["failed"], "provider": result["provider"]}
+        return finish(stage, out, manifest, gate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="onnx", choices=["onnx", "coreml"])
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8", "palettize4"],
                    help="default: fp32 for onnx, fp16 for coreml; palettize4 is Core ML only")
-    p.add_argument("--steps", type=int, default=8, help="default diffusion steps recorded in the manifest")
+    p.add_argument("--steps", type=int, default=8, help="diffusion steps of the end-to-end gate (and the manifest)")
     p.add_argument("--out", required=True)
-    p.add_argument("--no-check", action="store_true", help="skip the parity gates (not recommended)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity gates (recorded as not run)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     precision = a.precision or ("fp16" if a.format == "coreml" else "fp32")
-    export_bundle(a.checkpoint, a.out, fmt=a.format, precision=precision, steps=a.steps, check=not a.no_check)
+    try:
+        export_bundle(a.checkpoint, a.out, fmt=a.format, precision=precision, steps=a.steps, check=not a.no_check)
+    except ParityError as e:
+        log.error("%s", e)
+        return 1
     return 0
 
 

@@ -1,8 +1,8 @@
 """Parity gates (the habit of Apple's ml-stable-diffusion): compare an exported bundle with the torch model on the
 same inputs and the same noise, log "X dB (fp32) -> Y dB (int8)", and fail below named thresholds.
 
-The thresholds are the contract the tests reuse. int8 thresholds are measured on the trained tiny model (see
-README "recipes") with margin; fp16 thresholds apply on GPU/Core ML providers.
+The thresholds are the contract the tests reuse; each sits a stated margin below what was measured on the debug
+preset (what the tests export) and the shipped tiny model (the comment above ``THRESHOLDS``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,33 @@ from melody_edge.errors import MelodyEdgeError
 
 log = logging.getLogger(__name__)
 
+# What is gated (every figure ``export.component_parity`` and ``export.e2e_parity`` measure):
+# - *_snr_db: SNR of the bundle's output against torch on the same inputs (``graphs.example_inputs``);
+# - lm_logits_max_abs: max |torch - bundle| over teacher-forced LM logits (prefill + 24 steps, batch 2, 52 rows);
+# - lm_token_agreement: greedy argmax agreement over those 52 rows (0.98 allows one near-tie flip in 52);
+# - e2e_snr_db: teacher-forced end to end, the torch LM's tokens and shared noise through 8 DPD steps and the VAE.
+# Measured with onnxruntime 1.32 on the CPU provider (AVX-512 VNNI), debug preset / shipped tiny model:
+#   fp32: text 147 / 129, logits 1.2e-7 / 6.7e-6, cache 152 / 142, DPD 132 / 125, VAE 127 / 121, VAE encoder
+#         118 / 129, e2e 124 / see recipes.json dB. fp32 differs from torch only by summation order, which changes
+#         with kernels and thread counts: the gate is 100 dB (>= 17 dB below every figure, still 1e-5 relative
+#         amplitude) and 1e-4 on logits (15x). A real conversion bug (wrong op, swapped input) is far below 40 dB.
+#   int8: text 41.7 / 25.4, logits 0.0050 / 0.17, cache 53.8 / 54.1, DPD 38.3 / 37.1, VAE 53.9 / 44.5, VAE encoder
+#         56.7 / 68.9, e2e 37.4 / 26.7.
+#   fp16 (CPU provider, NchwcTransformer off): text 72.5 / 68.9, logits 1.5e-4 / 0.0076, cache 72.7 / 69.5,
+#         DPD 64.0 / 58.2, VAE 63.7 / 67.9, VAE encoder 64.3 / 76.2, e2e 60.0 / 42.2.
+#   int8 and fp16 gates sit 3 dB (twice the error power) below the lower of the two figures and at 2x the larger
+#   logits error: close enough that a recipe change that doubles the error fails. int8 kernels differ by CPU (VNNI,
+#   AVX2 u8s8, ARM dot products) and fp16 by provider; a failure on another machine means: measure there, and say
+#   so here, rather than widen the gate. The free-running end to end (same prompt and seed, sampled tokens) is not a
+#   gate: one flipped sampled token makes another song (the shipped int8 bundle measured -2.3 dB that way).
 THRESHOLDS: dict[str, dict[str, float]] = {
-    # lm_logits_max_abs: max |torch - bundle| over logits; token agreement: greedy argmax agreement (teacher forced)
-    "fp32": {"lm_logits_max_abs": 1e-3, "lm_token_agreement": 0.99, "dpd_snr_db": 50.0, "vae_snr_db": 50.0,
-             "text_snr_db": 50.0, "e2e_snr_db": 40.0},
-    "int8": {"lm_logits_max_abs": 5.0, "lm_token_agreement": 0.80, "dpd_snr_db": 15.0, "vae_snr_db": 15.0,
-             "text_snr_db": 15.0, "e2e_snr_db": -100.0},
-    "fp16": {"lm_logits_max_abs": 0.1, "lm_token_agreement": 0.95, "dpd_snr_db": 30.0, "vae_snr_db": 30.0,
-             "text_snr_db": 30.0, "e2e_snr_db": -100.0},
+    "fp32": {"lm_logits_max_abs": 1e-4, "lm_token_agreement": 0.98, "text_snr_db": 100.0, "lm_cache_snr_db": 100.0,
+             "dpd_snr_db": 100.0, "vae_snr_db": 100.0, "vae_encoder_snr_db": 100.0, "e2e_snr_db": 100.0},
+    "int8": {"lm_logits_max_abs": 0.35, "lm_token_agreement": 0.98, "text_snr_db": 22.0, "lm_cache_snr_db": 50.0,
+             "dpd_snr_db": 34.0, "vae_snr_db": 41.0, "vae_encoder_snr_db": 53.0, "e2e_snr_db": 23.0},
+    "fp16": {"lm_logits_max_abs": 0.015, "lm_token_agreement": 0.98, "text_snr_db": 65.0, "lm_cache_snr_db": 66.0,
+             "dpd_snr_db": 55.0, "vae_snr_db": 60.0, "vae_encoder_snr_db": 61.0, "e2e_snr_db": 39.0},
 }
-# int8 end-to-end audio is not gated: a single flipped semantic token (sampled) changes the whole song, so the
-# per-component gates (SNR of the same inputs) are the meaningful ones; the e2e figure is still reported.
 
 
 class ParityError(MelodyEdgeError):
@@ -45,19 +61,21 @@ def snr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 def report_parity(figures: dict[str, float], precision: str, stage: str = "bundle",
                   reference: dict[str, float] | None = None) -> dict[str, Any]:
-    """Check figures against the thresholds of ``precision``; log each (against a reference precision's figure when
-    given) and raise ``ParityError`` naming every failed gate."""
+    """Check figures against the thresholds of ``precision`` and log each (against a reference precision's figure
+    when given). Returns ``{"precision", "figures", "thresholds", "passed", "failed"}``: ``passed`` is False when
+    any gate failed (``failed`` names them) or a gated figure is missing; the caller records it, then raises."""
     limits = THRESHOLDS[precision]
-    failed = []
+    failed = [f"{key} missing" for key in limits if key not in figures]
     for key, value in figures.items():
         limit = limits.get(key)
         ref = f"{reference[key]:.4g} (fp32) -> " if reference and key in reference else ""
         log.info("%s %s: %s%.4g (%s), threshold %s", stage, key, ref, value, precision, limit)
         if limit is None:
             continue
-        ok = value <= limit if key.endswith("max_abs") else value >= limit
+        ok = value <= limit if key.endswith("max_abs") else value >= limit  # NaN fails both ways
         if not ok:
             failed.append(f"{key}={value:.4g} (threshold {limit})")
     if failed:
-        raise ParityError(f"{stage} {precision} parity failed: " + ", ".join(failed))
-    return {"precision": precision, "figures": figures, "thresholds": limits, "passed": True}
+        log.error("%s %s parity failed: %s", stage, precision, ", ".join(failed))
+    return {"precision": precision, "figures": figures, "thresholds": limits, "passed": not failed, "failed": failed}
+

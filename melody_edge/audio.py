@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +14,20 @@ import numpy as np
 from melody_edge.errors import InvalidInputError, OutputPathError
 
 SUPPORTED_EXTENSIONS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces offer; anything above is a mistake
+
+
+def check_sample_rate(sample_rate: object) -> int:
+    """A sample rate as a positive whole number of Hz (an integral float such as 24000.0 is accepted), else
+    ``InvalidInputError``."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise InvalidInputError(f"sample_rate must be a whole number of Hz, got {type(sample_rate).__name__}")
+    sr = float(sample_rate)
+    if not math.isfinite(sr) or not sr.is_integer():
+        raise InvalidInputError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
+    if not 1 <= sr <= MAX_SAMPLE_RATE:
+        raise InvalidInputError(f"sample_rate must be positive and at most {MAX_SAMPLE_RATE} Hz; got {sample_rate}")
+    return int(sr)
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -47,13 +63,16 @@ class Audio:
     sample_rate: int
 
     def __post_init__(self) -> None:
-        s = np.asarray(self.samples)
+        try:
+            s = np.asarray(self.samples)
+        except (TypeError, ValueError) as e:  # ragged lists and the like
+            raise InvalidInputError(f"Audio samples must be a 1-D float array; got {type(self.samples).__name__}"
+                                    ) from e
         if s.ndim != 1:
             raise InvalidInputError(f"Audio holds mono samples (T,); got shape {s.shape}. Downmix first.")
         if not np.issubdtype(s.dtype, np.floating):
             raise InvalidInputError(f"Audio samples must be floating point; got {s.dtype}")
-        if int(self.sample_rate) <= 0:
-            raise InvalidInputError(f"sample_rate must be positive; got {self.sample_rate}")
+        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate))
         object.__setattr__(self, "samples", np.ascontiguousarray(s, dtype=np.float32))
 
     @property
@@ -72,7 +91,11 @@ class Audio:
         p = check_output_path(path)
         fmt = SUPPORTED_EXTENSIONS[p.suffix.lower()]
         subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
-        fd, tmp = tempfile.mkstemp(prefix=".melody-edge-", suffix=p.suffix, dir=p.parent if str(p.parent) else ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".melody-edge-", suffix=p.suffix,
+                                       dir=p.parent if str(p.parent) else ".")
+        except OSError as e:
+            raise OutputPathError(f"could not write {str(p)!r}: {e}") from e
         os.close(fd)
         try:
             sf.write(tmp, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format=fmt, subtype=subtype)
@@ -81,6 +104,9 @@ class Audio:
         except Exception as e:
             Path(tmp).unlink(missing_ok=True)
             raise OutputPathError(f"could not write {str(p)!r}: {e}") from e
+        except BaseException:  # KeyboardInterrupt, SystemExit (SIGTERM in the CLI): leave nothing, keep the old file
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return p
 
     @classmethod
@@ -99,6 +125,7 @@ class Audio:
 
     def resample(self, sample_rate: int) -> Audio:
         """Linear-interpolation resampling (adequate for prompts; not for mastering)."""
+        sample_rate = check_sample_rate(sample_rate)
         if sample_rate == self.sample_rate:
             return self
         n = int(round(len(self.samples) * sample_rate / self.sample_rate))

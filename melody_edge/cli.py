@@ -1,4 +1,9 @@
-"""``melody-edge`` command line: ``generate``, ``stream`` and ``info``, mirroring the Python API."""
+"""``melody-edge`` command line: ``generate``, ``stream``, ``info`` and ``verify``, mirroring the Python API.
+
+Exit status: 0 done; 1 a runtime error (bad bundle, missing backend, failed write, an unexpected error); 2 a usage
+error (bad arguments, prompt or output path); 130 interrupted by Ctrl-C; 143 terminated (SIGTERM). Errors are one
+line on stderr, never a traceback (``-v`` adds the traceback of unexpected errors for bug reports).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,24 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from melody_edge.errors import MelodyEdgeError
+from melody_edge.errors import ConfigError, InvalidInputError, MelodyEdgeError, OutputPathError
+
+log = logging.getLogger("melody_edge.cli")
+USAGE_ERRORS = (InvalidInputError, ConfigError, OutputPathError)  # the arguments are wrong: exit 2
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary files."""
+
+
+class _WriteFailed(MelodyEdgeError):
+    """Writing the result failed after the work was done (disk full, ...): a runtime error, exit 1."""
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +89,10 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         audio = gen.generate(a.prompt, a.seconds, progress=bar, **_kwargs(a))
     finally:
         bar.close()
-    audio.save(out)
+    try:
+        audio.save(out)
+    except OutputPathError as e:
+        raise _WriteFailed(str(e)) from e
     s = audio.stats
     print(f"wrote {out} ({audio.seconds:.2f} s) in {s.total_seconds:.2f} s, RTF {s.rtf:.3f}, "
           f"passes {s.passes}", file=sys.stderr)
@@ -83,28 +104,50 @@ def _cmd_stream(a: argparse.Namespace) -> int:
     import soundfile as sf
 
     from melody_edge import Generator
-    from melody_edge.audio import SUPPORTED_EXTENSIONS, check_output_path
+    from melody_edge.audio import _umask, check_output_path
 
     out = check_output_path(a.output)
     gen = Generator(a.bundle, a.backend)
     bar = _Bar(not a.quiet)
-    fd, tmp = tempfile.mkstemp(prefix=".melody-edge-", suffix=out.suffix, dir=out.parent)
+    chunks = gen.stream(a.prompt, seconds=a.seconds, progress=bar, **_kwargs(a))  # checks arguments first
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".melody-edge-", suffix=out.suffix, dir=out.parent)
+    except OSError as e:
+        raise _WriteFailed(f"cannot write in {str(out.parent)!r}: {e}") from e
     os.close(fd)
     written = 0.0
+    stopped: BaseException | None = None
     try:
-        with sf.SoundFile(tmp, "w", gen.sample_rate, 1, format=SUPPORTED_EXTENSIONS[out.suffix.lower()]) as f:
-            for chunk in gen.stream(a.prompt, seconds=a.seconds, progress=bar, **_kwargs(a)):
-                f.write(np.clip(chunk.samples, -1, 1))
-                written += chunk.seconds
-                print(f"{written:.2f} s written (chunk RTF {chunk.stats.rtf:.3f})", file=sys.stderr)
-        os.replace(tmp, out)
-    except KeyboardInterrupt:
-        os.replace(tmp, out)  # what was streamed so far is a valid file
+        try:
+            with _soundfile(sf, tmp, out, gen.sample_rate) as f:
+                for chunk in chunks:
+                    try:
+                        f.write(np.clip(chunk.samples, -1, 1))
+                    except (OSError, RuntimeError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
+                        raise _WriteFailed(f"could not write {str(out)!r}: {e}") from e
+                    written += chunk.seconds
+                    print(f"{written:.2f} s written (chunk RTF {chunk.stats.rtf:.3f})", file=sys.stderr)
+        except (KeyboardInterrupt, Terminated) as e:
+            stopped = e  # the with block closed the file: what was streamed so far is a valid file
+        if written > 0:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
+            os.replace(tmp, out)  # an interrupt before the first chunk leaves any previous file as it was
     finally:
         bar.close()
         Path(tmp).unlink(missing_ok=True)
-    print(f"wrote {out} ({written:.2f} s)", file=sys.stderr)
+    print(f"wrote {out} ({written:.2f} s)" if written else f"nothing written; {out} left as it was", file=sys.stderr)
+    if stopped is not None:
+        raise stopped
     return 0
+
+
+def _soundfile(sf: Any, tmp: str, out: Path, sample_rate: int) -> Any:
+    from melody_edge.audio import SUPPORTED_EXTENSIONS
+
+    try:
+        return sf.SoundFile(tmp, "w", sample_rate, 1, format=SUPPORTED_EXTENSIONS[out.suffix.lower()])
+    except (OSError, RuntimeError) as e:
+        raise _WriteFailed(f"could not write {str(out)!r}: {e}") from e
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
@@ -133,18 +176,55 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", "--bundle", dest="bundle", default="tiny")
     i.add_argument("--backend", default="auto")
     i.set_defaults(func=_cmd_info)
+    from melody_edge import verify
+
+    v = sub.add_parser("verify", help="check a model bundle and report everything that is wrong (exit 1 if so)")
+    verify.add_arguments(v)
+    v.set_defaults(func=verify.run)
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``melody-edge`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``melody-edge`` command; returns the exit status (see the module docstring)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an app calling main()): leave signals alone
+        pass
     try:
         return args.func(args)
-    except MelodyEdgeError as e:
+    except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MelodyEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`); nothing left to say
+        return 1
+    except Exception as e:  # a bug: one line, and the traceback only with -v
+        log.debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {e} (run with -v for details and report it)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

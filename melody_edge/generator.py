@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from melody_edge.audio import Audio
+from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, resolve
 from melody_edge.backends import BACKENDS, Backend
 from melody_edge.errors import BundleError, ConfigError, InvalidInputError
 from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
 from melody_edge.text import TextTokenizer, clean_prompt, default_tokenizer
+from melody_edge.tokenizer import rotate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,14 @@ class _Settings:
     schedule: str
 
 
-def _check_seconds(seconds: object, maximum: float | None, what: str = "seconds") -> float:
+MIN_SECONDS = 0.04  # one 40 ms semantic token frame (25 Hz): the shortest piece the model can make
+MAX_STREAM_SECONDS = 366 * 86_400.0  # a year; stream(seconds=None) is the way to stream without end
+MAX_SEED = 2**64 - 1
+PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
+
+
+def _check_seconds(seconds: object, maximum: float | None, what: str = "seconds",
+                   minimum: float = MIN_SECONDS) -> float:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)):
         raise InvalidInputError(f"{what} must be a number of seconds, got {type(seconds).__name__}")
     s = float(seconds)
@@ -87,10 +96,68 @@ def _check_seconds(seconds: object, maximum: float | None, what: str = "seconds"
         raise InvalidInputError(f"{what} must be a finite number, got {s}")
     if s <= 0:
         raise InvalidInputError(f"{what} must be > 0, got {s}")
+    if s < minimum:
+        raise InvalidInputError(f"{what}={s} is shorter than one 40 ms token frame; ask for at least {minimum} s")
     if maximum is not None and s > maximum:
         raise InvalidInputError(f"{what}={s} is above the maximum of {maximum} s for generate(); "
                                 "use stream() for longer music")
     return s
+
+
+def _check_seed(seed: object) -> None:
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidInputError(f"seed must be an integer in [0, 2**64 - 1] or None, got {type(seed).__name__} "
+                                f"{seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise InvalidInputError(f"seed must be in [0, 2**64 - 1], got {seed}")
+
+
+def _check_args(prompt: object, seed: object, top_k: object, top_p: object, progress: object,
+                schedule: object = "paper", stream_seconds: object = None) -> None:
+    """Checks every public call makes before any work: prompt text, seed, top-k/top-p, progress, schedule."""
+    if isinstance(prompt, str):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidInputError(f"prompt is not valid Unicode text: it has a lone surrogate "
+                                    f"{prompt[e.start]!r} at character {e.start}; pass decoded text") from None
+    _check_seed(seed)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise InvalidInputError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating))
+                              or not 0 < float(top_p) <= 1):
+        raise InvalidInputError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+    if progress is not None and not callable(progress):
+        raise InvalidInputError(f"progress must be a callable (stage, done, total) or None, got "
+                                f"{type(progress).__name__}")
+    if not isinstance(schedule, str):
+        raise InvalidInputError(f"schedule must be 'paper' or 'uniform', got {schedule!r}")
+    if stream_seconds is not None and _check_seconds(stream_seconds, None) > MAX_STREAM_SECONDS:
+        raise InvalidInputError(f"seconds={float(stream_seconds)} is above the stream() maximum of "
+                                f"{MAX_STREAM_SECONDS:.0f} s (a year); pass seconds=None to stream without end")
+
+
+def prompt_memory_bytes(n_samples: int, sample_rate: int, target_rate: int) -> int:
+    """Estimated peak bytes ``continue_audio`` needs for an audio prompt of ``n_samples`` at ``sample_rate``: the
+    resampled copy and its float64 interpolation temporaries (28 B per output sample), the input sample index
+    (8 B per input sample) and the prompt's copy in the result (4 B per output sample)."""
+    n_out = round(n_samples * target_rate / sample_rate)
+    return 32 * n_out + 8 * n_samples
+
+
+def _check_audio_prompt(audio: object, target_rate: int) -> None:
+    if not isinstance(audio, Audio):
+        raise InvalidInputError(f"audio must be a melody_edge.Audio, got {type(audio).__name__}")
+    need = prompt_memory_bytes(len(audio.samples), audio.sample_rate, target_rate)
+    if need > PROMPT_MEMORY_BUDGET:
+        n_out = round(len(audio.samples) * target_rate / audio.sample_rate)
+        raise InvalidInputError(
+            f"audio prompt of {len(audio.samples)} samples at {audio.sample_rate} Hz is {n_out / target_rate:.0f} s "
+            f"at {target_rate} Hz and would need about {need / 2**30:.1f} GiB, above the prompt memory budget of "
+            f"{PROMPT_MEMORY_BUDGET / 2**30:.1f} GiB; pass only the last seconds of the prompt "
+            "(the model keeps at most one window of it as context)")
 
 
 class Generator:
@@ -150,7 +217,9 @@ class Generator:
                 **self.backend.info()}
 
     # public API -------------------------------------------------------------------------------------------
-    def generate(self, prompt: str, seconds: float = 10.0, *, seed: int | None = None, steps: int | None = None,
+    def generate(self, prompt: str, seconds: float = 10.0, *, seed: int | None = None, key: str | None = None,
+                 bpm: float | None = None, metre: str | None = None, instrument: str | None = None,
+                 read_controls: bool = True, steps: int | None = None,
                  guidance: float | None = None, lm_guidance: float | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
                  progress: Progress | None = None) -> Audio:
@@ -160,6 +229,8 @@ class Generator:
             prompt: a description such as "a slow chorale for string ensemble in G major" (<= 500 characters).
             seconds: duration, 0 < seconds <= 600.
             seed: makes the result reproducible; ``None`` draws fresh entropy.
+            key, bpm, metre, instrument: explicit controls ("A minor", 72, "3/4", "violin") that override what the
+                prompt says (see ``controls``); read_controls: read the controls from the prompt text too.
             steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's
                 ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
                 (default: ``config.lm_guidance``, 3 for tiny, 1 = off for the others);
@@ -167,42 +238,69 @@ class Generator:
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
-            ``Audio`` (mono float32 at ``sample_rate``); ``audio.stats`` holds a ``GenerationStats``.
+            ``Audio`` (mono float32 at ``sample_rate``); ``audio.stats`` holds a ``GenerationStats`` and
+            ``audio.controls`` the ``Controls`` the model was conditioned on.
         """
+        _check_args(prompt, seed, top_k, top_p, progress, schedule)
         seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
+        ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         stats = GenerationStats()
-        pieces = _collect(self._segments(text, seconds, settings, seed, progress, self.config.window_tokens), stats)
-        return _with_stats(Audio(np.concatenate(pieces), self.sample_rate), stats)
+        pieces = _collect(self._segments(text, ctl, seconds, settings, seed, progress, self.config.window_tokens),
+                          stats)
+        return _with_stats(Audio(np.concatenate(pieces), self.sample_rate), stats, ctl)
 
-    def stream(self, prompt: str, *, seconds: float | None = None, seed: int | None = None,
-               steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
+    def controls(self, prompt: str, *, key: str | None = None, bpm: float | None = None, metre: str | None = None,
+                 instrument: str | None = None, read_controls: bool = True) -> Controls:
+        """What the model will be conditioned on for this prompt: the key, tempo, metre and instrument family read
+        from the text (``melody_edge.controls.parse_controls``), each overridden by an explicit value.
+
+        Raises:
+            InvalidInputError: an explicit value is not accepted (bpm outside [30, 300], "H major", an unknown
+                instrument...); the message lists what is.
+        """
+        return resolve(prompt if read_controls else "", key=key, bpm=bpm, metre=metre, instrument=instrument)
+
+    def stream(self, prompt: str, *, seconds: float | None = None, seed: int | None = None, key: str | None = None,
+               bpm: float | None = None, metre: str | None = None, instrument: str | None = None,
+               read_controls: bool = True, steps: int | None = None, guidance: float | None = None,
+               lm_guidance: float | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                schedule: str = "paper", progress: Progress | None = None) -> Iterator[Audio]:
         """Yield music chunk by chunk (``chunk_seconds`` each, the last one may be shorter) with constant memory.
 
         ``seconds=None`` streams forever (MeLoDy's Algorithm 2: drop the oldest chunk, append noise, the LM writes
-        the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk.
+        the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk and
+        ``.controls``. Controls as in ``generate``.
         """
+        _check_args(prompt, seed, top_k, top_p, progress, schedule, stream_seconds=seconds)
         if seconds is not None:
             seconds = _check_seconds(seconds, None)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
-        return self._segments(text, seconds, settings, seed, progress, self.config.chunk_tokens)
+        ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
+        return self._segments(text, ctl, seconds, settings, seed, progress, self.config.chunk_tokens)
 
     def continue_audio(self, audio: Audio, prompt: str, seconds: float = 10.0, *, seed: int | None = None,
+                       key: str | None = None, bpm: float | None = None, metre: str | None = None,
+                       instrument: str | None = None, read_controls: bool = True,
                        steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        schedule: str = "paper", progress: Progress | None = None) -> Audio:
         """Continue ``audio`` for ``seconds`` more, following ``prompt``. Returns the prompt audio (trimmed to whole
         40 ms token frames) followed by the continuation. The prompt is encoded by the VAE and tokenized by the
-        semantic tokenizer; its last window is kept as context (Algorithm 2)."""
+        semantic tokenizer; its last window is kept as context (Algorithm 2). Controls as in ``generate``; with a
+        transposition-equivariant model and no key given, the continuation keeps the key estimated from the prompt
+        audio's tokens."""
+        _check_args(prompt, seed, top_k, top_p, progress, schedule)
+        _check_audio_prompt(audio, self.config.sample_rate)
         if not isinstance(audio, Audio):
             raise InvalidInputError(f"audio must be a melody_edge.Audio, got {type(audio).__name__}")
         seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
+        ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         if self.backend.semantic_tokenizer is None:
             raise BundleError("this model has no semantic tokenizer (tokenizer.npz), so it cannot continue audio")
         if not np.isfinite(audio.samples).all():
@@ -222,9 +320,12 @@ class Generator:
         tokens = self.backend.semantic_tokenizer.encode(ctx)[:n_tok].astype(np.int64)
         stats.passes["vae"] += 1
         stats.seconds["vae"] += time.perf_counter() - t0
-        state = {"tokens": tokens, "latents": z[: n_tok * c.frames_per_token]}
-        pieces = _collect(self._segments(text, seconds, settings, seed, progress, c.chunk_tokens, state), stats)
-        return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats)
+        state = {"tokens": tokens, "latents": z[: n_tok * c.frames_per_token], "pos": n_tok}
+        if c.controls.enabled and c.controls.key_rotation:  # the LM writes in C: transpose the context to C
+            tonic = ctl.tonic if ctl.tonic is not None else self._tonic_of(tokens)
+            state.update(tokens=rotate_tokens(tokens, -tonic), tonic=tonic)
+        pieces = _collect(self._segments(text, ctl, seconds, settings, seed, progress, c.chunk_tokens, state), stats)
+        return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats, ctl)
 
     # internals --------------------------------------------------------------------------------------------
     def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
@@ -243,27 +344,48 @@ class Generator:
         path = getattr(self.backend, "text_tokenizer_path", None)
         return _tokenizer_at(str(path)) if path else default_tokenizer()
 
-    def _prefix(self, text: str, lm_guidance: float, stats: GenerationStats) -> np.ndarray:
-        # phase 1: text -> soft prefix (+ the null prefix when the LM uses CFG: one batched pass)
+    def _tonic_of(self, tokens: np.ndarray) -> int:
+        """Tonic of semantic tokens: Krumhansl-Kessler on the mean chroma of the tokens' feature vectors."""
+        feats = self.backend.semantic_tokenizer.token_features()[tokens]
+        return estimate_key(feats[:, :12].mean(axis=0))[0]
+
+    def _prefix(self, text: str, controls: Controls, lm_guidance: float, stats: GenerationStats) -> np.ndarray:
+        # phase 1: text (+ controls) -> prefix (+ the null prefix when the LM uses CFG: one batched pass)
         t0 = time.perf_counter()
         ids, mask = self._text_tokenizer()([text])
-        prefix = self.backend.encode_text(ids, mask)
+        if self.config.controls.enabled:
+            cid = control_ids(controls, key_rotation=self.config.controls.key_rotation)
+            arrays = {k: np.array([v], dtype=np.float32 if k == "bpm" else np.int64) for k, v in cid.items()}
+            prefix = self.backend.encode_text(ids, mask, arrays)
+        else:
+            prefix = self.backend.encode_text(ids, mask)
         if lm_guidance != 1.0:
             prefix = np.concatenate([prefix, self.backend.null_prefix(1)])
         stats.passes["text"] += 1
         stats.seconds["text"] += time.perf_counter() - t0
         return prefix
 
-    def _lm(self, prefix, kept: np.ndarray, n_new: int, s: _Settings, rng, stats, progress) -> np.ndarray:
-        # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all)
+    def _lm(self, prefix, kept: np.ndarray, n_new: int, s: _Settings, rng, stats, progress,
+            beat: np.ndarray | None = None) -> np.ndarray:
+        # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all);
+        # beat (len(kept) + n_new, F): the beat clock of every token (the CFG null row gets none)
         t0 = time.perf_counter()
         B = prefix.shape[0]
-        logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0))
+        if beat is not None:
+            beat = np.stack([beat] + [np.zeros_like(beat)] * (B - 1))  # (B, K + n_new, F)
+            logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0),
+                                                    beat[:, : len(kept) + 1])
+        else:
+            logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0))
         pos = prefix.shape[1] + len(kept)
         out = np.empty(n_new, dtype=np.int64)
         for i in range(n_new):
             if i:
-                logits, cache = self.backend.lm_step(np.repeat(out[i - 1:i], B), pos, cache)
+                token = np.repeat(out[i - 1:i], B)
+                if beat is not None:
+                    logits, cache = self.backend.lm_step(token, pos, cache, beat[:, len(kept) + i])
+                else:
+                    logits, cache = self.backend.lm_step(token, pos, cache)
                 pos += 1
             lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
             out[i] = sample_token(lg, rng, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
@@ -304,19 +426,24 @@ class Generator:
         stats.seconds["vae"] += time.perf_counter() - t0
         return np.clip(new, -1.0, 1.0).astype(np.float32)
 
-    def _segments(self, text: str, seconds: float | None, s: _Settings, seed: int | None,
+    def _segments(self, text: str, controls: Controls, seconds: float | None, s: _Settings, seed: int | None,
                   progress: Progress | None, first_tokens: int,
-                  state: dict[str, np.ndarray] | None = None) -> Iterator[Audio]:
-        """Yield consecutive pieces of audio, each with its own ``.stats``. The state (a plain dict of arrays) holds
-        the window's kept tokens and latents; a new segment keeps at most ``window - chunk`` of them, so memory stays
-        constant however long the stream."""
+                  state: dict[str, Any] | None = None) -> Iterator[Audio]:
+        """Yield consecutive pieces of audio, each with its own ``.stats``. The state (a plain dict) holds the
+        window's kept tokens (as the LM writes them: in C for a transposing model) and latents, the song position
+        in tokens (for the beat clock) and the tonic; a new segment keeps at most ``window - chunk`` of them, so
+        memory stays constant however long the stream."""
         c = self.config
         rng = np.random.default_rng(seed)
         spt = c.sample_rate // c.token_rate  # samples per token (960)
         remaining = None if seconds is None else int(round(seconds * c.sample_rate))
         stats = GenerationStats()
-        prefix = self._prefix(text, s.lm_guidance, stats)
+        prefix = self._prefix(text, controls, s.lm_guidance, stats)
         state = state or {"tokens": np.zeros(0, np.int64), "latents": np.zeros((0, c.vae.latent_dim), np.float32)}
+        rotate = c.controls.enabled and c.controls.key_rotation
+        if rotate and "tonic" not in state:  # no key asked: a tonic drawn from the seed
+            state["tonic"] = controls.tonic if controls.tonic is not None else int(rng.integers(12))
+        state.setdefault("pos", len(state["tokens"]))
         keep_tok = c.window_tokens - c.chunk_tokens
         seg_tokens = first_tokens
         while remaining is None or remaining > 0:
@@ -325,17 +452,22 @@ class Generator:
             n_frames = -(-n_samples // c.vae.hop)
             kept_tok = state["tokens"][max(0, len(state["tokens"]) - keep_tok):]
             kept_z = state["latents"][len(state["latents"]) - len(kept_tok) * c.frames_per_token:]
-            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress)
+            beat = None
+            if c.controls.enabled:
+                beat = beat_features(len(kept_tok) + n_tok, state["pos"] - len(kept_tok), controls.bpm,
+                                     c.controls.beat_harmonics, c.token_rate)
+            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat)
             tokens = np.concatenate([kept_tok, new_tok])
-            z = self._dpd(tokens, kept_z, n_frames, s, rng, stats, progress)
+            z = self._dpd(rotate_tokens(tokens, state["tonic"]) if rotate else tokens, kept_z, n_frames, s, rng,
+                          stats, progress)
             ctx = min(len(kept_z), c.chunk_frames)
             audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, stats)
             stats.audio_seconds += n_samples / c.sample_rate
-            state = {"tokens": tokens, "latents": z}
+            state = {**state, "tokens": tokens, "latents": z, "pos": state["pos"] + n_tok}
             if remaining is not None:
                 remaining -= n_samples
             seg_tokens = c.chunk_tokens
-            yield _with_stats(Audio(audio, c.sample_rate), stats)
+            yield _with_stats(Audio(audio, c.sample_rate), stats, controls)
             stats = GenerationStats()
 
 
@@ -352,8 +484,9 @@ def _collect(segments: Iterator[Audio], stats: GenerationStats) -> list[np.ndarr
     return pieces
 
 
-def _with_stats(audio: Audio, stats: GenerationStats) -> Audio:
+def _with_stats(audio: Audio, stats: GenerationStats, controls: Controls | None = None) -> Audio:
     object.__setattr__(audio, "stats", stats)
+    object.__setattr__(audio, "controls", controls)
     return audio
 
 
@@ -407,7 +540,12 @@ def _torch_backend_random(name: str, device: str) -> Backend:
     from melody_edge.tokenizer import SemanticTokenizer
 
     cfg = get_config(name)
-    return TorchBackend(MeLoDy.random(cfg), device, SemanticTokenizer.random(cfg.lm.vocab_size, seed=0))
+    rotations = 12 if cfg.controls.enabled and cfg.controls.key_rotation else 1
+    tokenizer = SemanticTokenizer.random(cfg.lm.vocab_size, seed=0, rotations=rotations)
+    model = MeLoDy.random(cfg)
+    if cfg.dpd.token_features:
+        model.dpd.set_token_features(tokenizer.token_features())
+    return TorchBackend(model, device, tokenizer)
 
 
 def _torch_backend_checkpoint(folder: Path, device: str) -> Backend:

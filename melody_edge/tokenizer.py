@@ -19,6 +19,12 @@ and its windows are centred on the middle of that span, so ``T`` samples give ex
 
 Every dimension is standardised with the stored training mean/std, then multiplied by its group's weight,
 so that the 12 chroma dimensions are neither drowned out by nor drown out the rest in the k-means distance.
+
+**Transposition-equivariant tokens** (``rotations`` = 12): each frame's chroma is rotated so that its strongest
+pitch class comes first, the rotated frame is quantized to one of K *base* codes, and the token is
+``base * 12 + r`` where ``r`` is that strongest pitch class. Transposing audio by ``s`` semitones maps token
+``(base, r)`` to ``(base, r + s mod 12)`` (``rotate``), so any token sequence can be put in any key exactly by
+remapping ids, and a token's chroma is known (``token_features``). ``rotations`` = 1 is the plain k-means tokenizer.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from melody_edge.errors import BundleError, ConfigError, InvalidInputError, Outp
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "melody-edge-semantic-tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``rotations`` (transposition-equivariant codes); version 1 files load as rotations = 1
 
 FEATURE_GROUPS: tuple[tuple[str, int], ...] = (
     ("chroma", 12),
@@ -198,7 +204,9 @@ class SemanticTokenizer:
         mean: (D,) per-dimension mean of the raw training features.
         std: (D,) per-dimension standard deviation of the raw training features (> 0).
         group_weights: (len(FEATURE_GROUPS),) weight of each feature group after standardisation.
-        centroids: (K, D) k-means centroids in the scaled feature space; K is the vocabulary size.
+        centroids: (K, D) k-means centroids in the scaled feature space (of chroma-rotated frames when
+            ``rotations`` is 12); the vocabulary size is ``K * rotations``.
+        rotations: 1 (plain k-means) or 12 (transposition-equivariant tokens, see the module docstring).
 
     Raises:
         ConfigError: the arrays do not fit together or hold NaN/inf.
@@ -211,7 +219,10 @@ class SemanticTokenizer:
         std: np.ndarray,
         group_weights: np.ndarray,
         centroids: np.ndarray,
+        rotations: int = 1,
     ) -> None:
+        if rotations not in (1, N_CHROMA):
+            raise ConfigError(f"rotations must be 1 or {N_CHROMA}, got {rotations!r}")
         mean = np.asarray(mean, dtype=np.float32)
         std = np.asarray(std, dtype=np.float32)
         group_weights = np.asarray(group_weights, dtype=np.float32)
@@ -230,10 +241,14 @@ class SemanticTokenizer:
         self.std = std
         self.group_weights = group_weights
         self.centroids = centroids
+        self.rotations = int(rotations)
+        if self.rotations > 1 and not (np.ptp(mean[:N_CHROMA]) < 1e-5 and np.ptp(std[:N_CHROMA]) < 1e-5 * std[0]):
+            raise ConfigError("a rotating tokenizer needs the same mean/std for all 12 chroma dimensions")
         self._centroid_sq = np.einsum("kd,kd->k", centroids, centroids)
 
     @classmethod
-    def random(cls, vocab_size: int, seed: int = 0, sample_rate: int = 24_000, hop: int = 960) -> SemanticTokenizer:
+    def random(cls, vocab_size: int, seed: int = 0, sample_rate: int = 24_000, hop: int = 960,
+               rotations: int = 1) -> SemanticTokenizer:
         """An unfitted tokenizer (numpy filterbanks, random centroids) for the random ``debug``/``paper`` models."""
         n_fft, n_short = 4096, 2048
         freqs = np.arange(1, n_fft // 2 + 1) * sample_rate / n_fft
@@ -247,13 +262,52 @@ class SemanticTokenizer:
         ex = FrameFeatureExtractor(chroma_fb, mel_fb, sample_rate=sample_rate, hop=hop, n_fft=n_fft,
                                    n_fft_short=n_short)
         rng = np.random.default_rng(seed)
-        centroids = rng.standard_normal((vocab_size, FEATURE_DIM)).astype(np.float32)
-        return cls(ex, np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.ones(len(FEATURE_GROUPS)), centroids)
+        if vocab_size % rotations:
+            raise ConfigError(f"vocab_size {vocab_size} is not a multiple of rotations {rotations}")
+        centroids = rng.standard_normal((vocab_size // rotations, FEATURE_DIM)).astype(np.float32)
+        return cls(ex, np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.ones(len(FEATURE_GROUPS)), centroids,
+                   rotations)
 
     @property
     def vocab_size(self) -> int:
-        """Number of tokens (k-means clusters)."""
-        return int(self.centroids.shape[0])
+        """Number of tokens (k-means clusters times ``rotations``)."""
+        return int(self.centroids.shape[0]) * self.rotations
+
+    def rotate(self, tokens: np.ndarray, semitones: int | np.ndarray) -> np.ndarray:
+        """Transpose tokens by ``semitones`` (exact for a rotating tokenizer: ``(base, r) -> (base, r + s)``).
+
+        Raises:
+            ConfigError: the tokenizer does not rotate (``rotations`` = 1).
+        """
+        if self.rotations == 1:
+            raise ConfigError("this semantic tokenizer is not transposition-equivariant (rotations = 1)")
+        return rotate_tokens(tokens, semitones)
+
+    def token_features(self) -> np.ndarray:
+        """Scaled feature vector of every token (vocab_size, D): its base centroid with the chroma rotated by r."""
+        if self.rotations == 1:
+            return self.centroids.copy()
+        out = np.repeat(self.centroids[:, None], N_CHROMA, axis=1)  # (K, 12, D)
+        for r in range(N_CHROMA):
+            out[:, r, :N_CHROMA] = np.roll(self.centroids[:, :N_CHROMA], r, axis=1)
+        return out.reshape(-1, FEATURE_DIM)
+
+    def canonical(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw features (N, D) -> (features with each frame's chroma rotated so its maximum comes first, that
+        maximum's pitch class (N,)); the identity and zeros for a tokenizer that does not rotate."""
+        if self.rotations == 1:
+            return raw, np.zeros(raw.shape[0], dtype=np.int64)
+        r = raw[:, :N_CHROMA].argmax(axis=1)
+        idx = (np.arange(N_CHROMA)[None, :] + r[:, None]) % N_CHROMA
+        out = raw.copy()
+        out[:, :N_CHROMA] = np.take_along_axis(raw[:, :N_CHROMA], idx, axis=1)
+        return out, r.astype(np.int64)
+
+    def tokens_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Tokens of raw (unscaled) frame features (N, D) -> (N,) int64."""
+        canon, r = self.canonical(raw)
+        base = self.quantize(scale_features(canon, self.mean, self.std, self.group_weights))
+        return base * self.rotations + r
 
     @property
     def sample_rate(self) -> int:
@@ -274,7 +328,8 @@ class SemanticTokenizer:
         return scale_features(self.extractor.extract(audio), self.mean, self.std, self.group_weights)
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
-        """Nearest-centroid token of each scaled feature row (N, D) -> (N,) int64 (ties go to the lower id)."""
+        """Nearest centroid (the base code when rotating) of each scaled feature row (N, D) -> (N,) int64
+        (ties go to the lower id)."""
         # argmin_k ||a - c_k||^2 = argmin_k (||c_k||^2 - 2 a.c_k); ||a||^2 is the same for every k.
         dist = self._centroid_sq - 2.0 * np.einsum("nd,kd->nk", features, self.centroids)
         return dist.argmin(axis=1).astype(np.int64)
@@ -285,7 +340,7 @@ class SemanticTokenizer:
         Raises:
             InvalidInputError: ``audio`` is not a 1-D float array or holds NaN/inf.
         """
-        return self.quantize(self.features(audio))
+        return self.tokens_from_raw(self.extractor.extract(audio))
 
     def encode_batch(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """``encode`` each clip of a list (lengths may differ); one nearest-centroid search for all frames.
@@ -293,10 +348,10 @@ class SemanticTokenizer:
         Raises:
             InvalidInputError: a clip is not a 1-D float array or holds NaN/inf.
         """
-        feats = [self.features(a) for a in audios]
+        feats = [self.extractor.extract(a) for a in audios]
         if not feats:
             return []
-        tokens = self.quantize(np.concatenate(feats, axis=0))
+        tokens = self.tokens_from_raw(np.concatenate(feats, axis=0))
         return np.split(tokens, np.cumsum([f.shape[0] for f in feats])[:-1])
 
     def save(self, path: str | Path) -> None:
@@ -326,6 +381,7 @@ class SemanticTokenizer:
                     std=self.std,
                     group_weights=self.group_weights,
                     centroids=self.centroids,
+                    rotations=np.array(self.rotations),
                 )
             os.replace(tmp, path)
         except OSError as e:
@@ -361,8 +417,8 @@ class SemanticTokenizer:
         if str(data["format"]) != FORMAT_NAME:
             raise ValueError(f"format is {str(data['format'])!r}, not a melody-edge semantic tokenizer")
         version = int(data["version"])
-        if version != FORMAT_VERSION:
-            raise ValueError(f"format version is {version}; this melody-edge reads version {FORMAT_VERSION}")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"format version is {version}; this melody-edge reads versions 1-{FORMAT_VERSION}")
         groups = [str(g) for g in data["feature_groups"]]
         if groups != [name for name, _ in FEATURE_GROUPS]:
             raise ValueError(f"feature groups are {groups}, expected {[n for n, _ in FEATURE_GROUPS]}")
@@ -374,7 +430,14 @@ class SemanticTokenizer:
             n_fft=int(data["n_fft"]),
             n_fft_short=int(data["n_fft_short"]),
         )
-        tokenizer = cls(extractor, data["mean"], data["std"], data["group_weights"], data["centroids"])
+        rotations = int(data["rotations"]) if version >= 2 else 1
+        tokenizer = cls(extractor, data["mean"], data["std"], data["group_weights"], data["centroids"], rotations)
         if tokenizer.vocab_size != int(data["vocab_size"]):
             raise ValueError(f"vocab_size is {int(data['vocab_size'])} but there are {tokenizer.vocab_size} centroids")
         return tokenizer
+
+
+def rotate_tokens(tokens: np.ndarray, semitones: int | np.ndarray) -> np.ndarray:
+    """Transpose tokens of a rotating (12-rotation) tokenizer by ``semitones``: ``base * 12 + (r + s) mod 12``."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    return tokens - tokens % N_CHROMA + (tokens % N_CHROMA + np.asarray(semitones, dtype=np.int64)) % N_CHROMA

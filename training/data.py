@@ -234,15 +234,24 @@ def _parse_task(args: tuple[str, int, float]) -> tuple[str, dict[str, Any] | Non
     return parse_piece(*args)
 
 
-def _variant_midi(piece: dict[str, Any], rng: random.Random, clip_s: float, needed_s: float
+def variant_transpose(tonic_pc: int, base_pc: int, variant: int, variants: int) -> int:
+    """Semitones (in ``TRANSPOSE_RANGE``) that move ``tonic_pc`` to this variant's target tonic.
+
+    The targets of one piece's variants are spread evenly round the circle from a seeded ``base_pc``
+    (3 variants: base, base + 4, base + 8), so every key is covered evenly and each piece is heard in far-apart keys.
+    """
+    target = (base_pc + variant * 12 // max(1, variants)) % 12
+    return (target - tonic_pc + 6) % 12 - 6
+
+
+def _variant_midi(piece: dict[str, Any], rng: random.Random, clip_s: float, needed_s: float, transpose: int
                   ) -> tuple[pretty_midi.PrettyMIDI, dict[str, Any]]:
-    """Draw one variant (tempo, key, instruments, velocity) and build its MIDI up to ``needed_s`` seconds.
+    """Draw one variant (tempo, instruments, velocity) and build its MIDI up to ``needed_s`` seconds.
 
     A piece shorter than one clip at the drawn tempo is looped until it fills one clip.
     """
     n_parts = len(piece["parts"])
     bpm = float(rng.randint(*BPM_RANGE))
-    transpose = rng.randint(*TRANSPOSE_RANGE)
     velocity_scale = round(rng.uniform(0.6, 1.15), 3)
     ensemble = None
     if n_parts > 1 and rng.random() < 0.5:
@@ -282,10 +291,11 @@ def _render(midi: pretty_midi.PrettyMIDI, soundfont: Path, tmp: Path) -> np.ndar
     return audio.mean(axis=1)
 
 
-def cut_clips(audio: np.ndarray, clip_len: int, max_clips: int) -> list[np.ndarray]:
+def cut_clips(audio: np.ndarray, clip_len: int, max_clips: int) -> list[tuple[int, np.ndarray]]:
     """Cut non-overlapping clips of exactly ``clip_len`` samples from the first sound on; drop near-silent clips.
 
-    Clips are scaled to an RMS of ``TARGET_RMS`` with the peak capped at ``PEAK_CEILING``.
+    Clips are scaled to an RMS of ``TARGET_RMS`` with the peak capped at ``PEAK_CEILING``. Returns
+    (start sample in the render, clip) pairs; the render's time 0 is the first note, which falls on a beat.
     """
     loud = np.flatnonzero(np.abs(audio) > SILENCE_RMS)
     if loud.size == 0:
@@ -298,7 +308,7 @@ def cut_clips(audio: np.ndarray, clip_len: int, max_clips: int) -> list[np.ndarr
         if clip.size < clip_len or rms < SILENCE_RMS:
             continue
         gain = min(TARGET_RMS / rms, PEAK_CEILING / float(np.abs(clip).max()))
-        clips.append((clip * gain).astype(np.float32))
+        clips.append((start + c * clip_len, (clip * gain).astype(np.float32)))
     return clips
 
 
@@ -308,14 +318,18 @@ def render_piece(piece: dict[str, Any], index: int, split: str, cfg: RenderConfi
     clip_len = round(cfg.clip_seconds * SAMPLE_RATE)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", piece["piece"].rsplit(".", 1)[0]).strip("_")
     rows = []
+    base_pc = rng.randrange(12)
     with tempfile.TemporaryDirectory() as tmp:
         for v in range(cfg.variants):
-            midi, meta = _variant_midi(piece, rng, cfg.clip_seconds, cfg.max_clips * cfg.clip_seconds)
-            for c, clip in enumerate(cut_clips(_render(midi, cfg.soundfont, Path(tmp)), clip_len, cfg.max_clips)):
+            transpose = variant_transpose(piece["tonic_pc"], base_pc, v, cfg.variants)
+            midi, meta = _variant_midi(piece, rng, cfg.clip_seconds, cfg.max_clips * cfg.clip_seconds, transpose)
+            rendered = cut_clips(_render(midi, cfg.soundfont, Path(tmp)), clip_len, cfg.max_clips)
+            for c, (start, clip) in enumerate(rendered):
                 clip_id = f"{index:05d}_{slug}_v{v}c{c}"
                 rel_path = f"{split}/{clip_id}.wav"
                 sf.write(cfg.out / rel_path, clip, SAMPLE_RATE, subtype="PCM_16")
-                meta_c = {**meta, "seconds": cfg.clip_seconds}
+                # clip_start_s: where the clip starts on the render's clock (0 = first note), for the beat phase
+                meta_c = {**meta, "seconds": cfg.clip_seconds, "clip_start_s": round(start / SAMPLE_RATE, 4)}
                 rows.append({"id": clip_id, "split": split, "path": rel_path, "piece": piece["piece"], "variant": v,
                              "clip": c, "captions": make_captions(meta_c, rng), "metadata": meta_c})
     return rows

@@ -96,8 +96,13 @@ def fit_from_features(
     seed: int,
     max_frames: int = 200_000,
     group_shares: Mapping[str, float] = DEFAULT_GROUP_SHARES,
+    rotations: int = 1,
 ) -> SemanticTokenizer:
     """Fit the statistics and codebook on raw frame features (N, D) made by ``extractor``.
+
+    With ``rotations`` = 12 (transposition-equivariant tokens) every frame's chroma is first rotated so that its
+    maximum comes first, the 12 chroma dimensions share one mean/std, and k-means fits ``vocab_size // 12`` base
+    codes.
 
     If there are more than ``max_frames`` frames, a random subset of that many (drawn with ``seed``) is used.
     Then the per-dimension mean/std, the group weights from ``group_shares`` and k-means (k-means++ seeded with
@@ -106,25 +111,34 @@ def fit_from_features(
     Raises:
         InvalidInputError: fewer distinct frames than ``vocab_size``, or bad arguments.
     """
-    if vocab_size < 1 or max_frames < 1:
-        raise InvalidInputError(f"vocab_size ({vocab_size}) and max_frames ({max_frames}) must be >= 1")
+    if vocab_size < 1 or max_frames < 1 or vocab_size % rotations:
+        raise InvalidInputError(f"vocab_size ({vocab_size}) and max_frames ({max_frames}) must be >= 1 and "
+                                f"vocab_size a multiple of rotations ({rotations})")
+    n_codes = vocab_size // rotations
     if raw.shape[0] > max_frames:
         rng = np.random.default_rng(seed)
         raw = raw[np.sort(rng.choice(raw.shape[0], size=max_frames, replace=False))]
+    if rotations > 1:
+        raw = SemanticTokenizer(extractor, np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM),
+                                np.ones(len(FEATURE_GROUPS)), np.zeros((1, FEATURE_DIM)), rotations).canonical(raw)[0]
     n_distinct = np.unique(raw, axis=0).shape[0]
-    if n_distinct < vocab_size:
-        raise InvalidInputError(f"only {n_distinct} distinct frames to fit {vocab_size} clusters; give more audio")
+    if n_distinct < n_codes:
+        raise InvalidInputError(f"only {n_distinct} distinct frames to fit {n_codes} clusters; give more audio")
     mean = raw.mean(axis=0, dtype=np.float64).astype(np.float32)
     std = raw.std(axis=0, dtype=np.float64).astype(np.float32)
+    if rotations > 1:  # one statistic for all pitch classes keeps the scaling equivariant
+        mean[:N_CHROMA] = mean[:N_CHROMA].mean()
+        std[:N_CHROMA] = np.sqrt(np.mean(np.square(raw[:, :N_CHROMA] - mean[0])))
     std[std < 1e-6] = 1.0  # a constant dimension carries no information; leave it unscaled
     group_weights = group_weights_from_shares(group_shares)
     scaled = scale_features(raw, mean, std, group_weights)
-    kmeans = KMeans(n_clusters=vocab_size, init="k-means++", n_init=1, max_iter=100, random_state=seed)
+    kmeans = KMeans(n_clusters=n_codes, init="k-means++", n_init=1, max_iter=100, random_state=seed)
     kmeans.fit(scaled)
     logger.info(
         "k-means on %d frames x %d dims: %d iterations, inertia %.1f", *scaled.shape, kmeans.n_iter_, kmeans.inertia_
     )
-    return SemanticTokenizer(extractor, mean, std, group_weights, kmeans.cluster_centers_.astype(np.float32))
+    return SemanticTokenizer(extractor, mean, std, group_weights, kmeans.cluster_centers_.astype(np.float32),
+                             rotations)
 
 
 def fit_tokenizer(
@@ -133,6 +147,7 @@ def fit_tokenizer(
     seed: int,
     max_frames: int = 200_000,
     group_shares: Mapping[str, float] = DEFAULT_GROUP_SHARES,
+    rotations: int = 1,
 ) -> SemanticTokenizer:
     """Fit a tokenizer on audio files (any rate and channel count; converted to mono 24 kHz).
 
@@ -146,7 +161,7 @@ def fit_tokenizer(
     logger.info("fitting a %d-token tokenizer on %d files (seed %d)", vocab_size, len(audio_paths), seed)
     extractor = build_extractor()
     raw = extract_features(extractor, audio_paths)
-    return fit_from_features(extractor, raw, vocab_size, seed, max_frames, group_shares)
+    return fit_from_features(extractor, raw, vocab_size, seed, max_frames, group_shares, rotations)
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -161,7 +176,7 @@ def usage_report(tokenizer: SemanticTokenizer, raw: np.ndarray) -> dict[str, flo
     ``chroma_info`` is I(token; dominant pitch class) / H(dominant pitch class) over frames louder than -60 dB:
     1 means the token determines the frame's strongest chroma bin, 0 that it says nothing about it.
     """
-    tokens = tokenizer.quantize(scale_features(raw, tokenizer.mean, tokenizer.std, tokenizer.group_weights))
+    tokens = tokenizer.tokens_from_raw(raw)
     counts = np.bincount(tokens, minlength=tokenizer.vocab_size)
     loud = raw[:, N_CHROMA] > -60.0  # the loudness dimension follows the 12 chroma dimensions
     pitch = raw[loud, :N_CHROMA].argmax(axis=1)
@@ -209,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="tokenizer .npz to write")
     parser.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for k-means")
+    parser.add_argument("--rotations", type=int, default=1, choices=(1, 12),
+                        help="12: transposition-equivariant tokens (vocab = base codes x 12)")
     parser.add_argument(
         "--tokenize",
         nargs="*",
@@ -224,12 +241,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise InvalidInputError(f"no wav files in {args.data / 'train'}")
     extractor = build_extractor()
     raw = extract_features(extractor, paths)
-    tokenizer = fit_from_features(extractor, raw, args.vocab, args.seed, args.max_frames)
+    tokenizer = fit_from_features(extractor, raw, args.vocab, args.seed, args.max_frames, rotations=args.rotations)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(args.out)
 
     report = {
         "train_files": len(paths),
+        "rotations": args.rotations,
         "seed": args.seed,
         "frames_fitted": min(raw.shape[0], args.max_frames),
         **usage_report(tokenizer, raw),

@@ -7,6 +7,8 @@ computed once and cached in ``<out>/latents_train.npy``. Each step noises a batc
 chunk (MeLoDy eq. 7); with probability ``--prefix-p`` a sample's first chunks stay clean (angle 0, the
 continuation case) and only the noised frames count in the v-prediction MSE. With probability ``--crop-p`` the
 batch is a random crop of 1 .. n_chunks - 1 chunks. An EMA of the weights is kept and shipped.
+With ``cfg.dpd.token_features`` the DPD's token-feature table is set from ``<out>/tokenizer.npz`` (each token's
+chroma, loudness, onset and timbre). ``--init FOLDER`` starts from the DPD of a checkpoint of the same config.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from melody_edge.errors import BundleError
 from melody_edge.models.dpd import DPD
 from melody_edge.models.melody import MeLoDy
 from melody_edge.models.vae import VAE
+from melody_edge.tokenizer import SemanticTokenizer
 from training.common import Run, load_audio, load_rows, load_tokens, parse_args, unwrap
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-p", type=float, default=0.25, help="probability of a batch of 1 .. n_chunks-1 chunks")
     p.add_argument("--prefix-p", type=float, default=0.3, help="probability of clean leading chunks in a sample")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
+    p.add_argument("--init", type=Path, default=None, help="start from the DPD of this checkpoint (same config)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -75,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     fpt, M, chunk_tok = cfg.frames_per_token, cfg.n_chunks, cfg.chunk_tokens
     log.info("%d train clips on this rank, latents %s", len(shard), tuple(z_all.shape[1:]))
 
-    dpd = run.wrap(DPD(cfg.dpd, fpt))
+    net = DPD(cfg.dpd, fpt)
+    if args.init is not None and not run.ckpt_path.is_file():
+        net.load_state_dict(MeLoDy.load(args.init, strict=False).dpd.state_dict())
+        log.info("DPD initialised from %s", args.init)
+    if cfg.dpd.token_features:
+        net.set_token_features(SemanticTokenizer.load(run.out / "tokenizer.npz").token_features())
+    dpd = run.wrap(net)
     ema = copy.deepcopy(unwrap(dpd)).requires_grad_(False)
     opt = torch.optim.AdamW(dpd.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
 

@@ -22,20 +22,27 @@ class Backend(ABC):
     semantic_tokenizer: Any = None  # melody_edge.tokenizer.SemanticTokenizer when the model ships one
 
     @abstractmethod
-    def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids and mask -> LM prefix (B, P, D) float32."""
+    def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                    controls: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """(B, T) int64 ids and mask (+ for a model with controls: ``key``, ``metre``, ``family`` (B,) int64 and
+        ``bpm`` (B,) float32, absent ones as ``melody_edge.controls.control_ids`` writes them) -> LM prefix
+        (B, P, D) float32."""
 
     @abstractmethod
     def null_prefix(self, batch: int) -> np.ndarray:
         """The unconditional prefix (B, P, D) used by classifier-free guidance."""
 
     @abstractmethod
-    def lm_prefill(self, prefix: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
-        """prefix (B, P, D) + given tokens (B, N) int64 (N may be 0) -> (next-token logits (B, V), cache)."""
+    def lm_prefill(self, prefix: np.ndarray, tokens: np.ndarray, beat: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, Any]:
+        """prefix (B, P, D) + given tokens (B, N) int64 (N may be 0) [+ beat features (B, N + 1, F) for a model
+        with controls] -> (next-token logits (B, V), cache)."""
 
     @abstractmethod
-    def lm_step(self, token: np.ndarray, pos: int, cache: Any) -> tuple[np.ndarray, Any]:
-        """token (B,) int64 at sequence position ``pos`` -> (logits (B, V), cache)."""
+    def lm_step(self, token: np.ndarray, pos: int, cache: Any, beat: np.ndarray | None = None
+                ) -> tuple[np.ndarray, Any]:
+        """token (B,) int64 at sequence position ``pos`` [+ beat features (B, F) of the predicted token]
+        -> (logits (B, V), cache)."""
 
     @abstractmethod
     def dpd(self, z: np.ndarray, angles: np.ndarray, tokens: np.ndarray) -> np.ndarray:

@@ -116,26 +116,31 @@ class CoreMLBackend(Backend):
         types = self._in_types[comp]
         return self.models[comp].predict({k: np.ascontiguousarray(v, dtype=types[k]) for k, v in inputs.items()})
 
-    def encode_text(self, input_ids, attention_mask):
-        return self._run("text_encoder", input_ids=input_ids, attention_mask=attention_mask)["prefix"].astype(
+    def encode_text(self, input_ids, attention_mask, controls=None):
+        extra = dict(controls) if controls is not None and self.config.controls.enabled else {}
+        return self._run("text_encoder", input_ids=input_ids, attention_mask=attention_mask, **extra)["prefix"].astype(
             np.float32)
 
     def null_prefix(self, batch):
         return np.repeat(self._null[None], batch, axis=0).astype(np.float32)
 
-    def lm_prefill(self, prefix, tokens):
+    def lm_prefill(self, prefix, tokens, beat=None):
         """The graph takes N >= 1 tokens and returns the logits of the last two positions and the unpadded cache
         (Core ML has no empty tensors): with no tokens, one placeholder token is fed, the logits of the prefix's last
         position are read and the placeholder's cache entry is dropped. The cache is zero-padded to max_len here."""
         n = tokens.shape[1]
         fed = tokens if n else np.zeros((tokens.shape[0], 1), np.int32)
-        out = self._run("lm_prefill", prefix=prefix, tokens=fed)
+        extra = {}
+        if beat is not None and self.config.controls.enabled:
+            extra["beat"] = beat if n else np.concatenate([beat, beat[:, -1:]], axis=1)  # the placeholder's too
+        out = self._run("lm_prefill", prefix=prefix, tokens=fed, **extra)
         cache = out["cache"][..., : prefix.shape[1] + n, :]
         cache = np.pad(cache, [(0, 0)] * 3 + [(0, self._max_len - cache.shape[-2]), (0, 0)])
         return out["logits"][:, 1 if n else 0].astype(np.float32), cache
 
-    def lm_step(self, token, pos, cache):
-        out = self._run("lm_step", token=token, pos=np.array([pos]), cache=cache)
+    def lm_step(self, token, pos, cache, beat=None):
+        extra = {"beat": beat} if beat is not None and self.config.controls.enabled else {}
+        out = self._run("lm_step", token=token, pos=np.array([pos]), cache=cache, **extra)
         return out["logits"].astype(np.float32), out["cache_out"]
 
     def dpd(self, z, angles, tokens):

@@ -73,18 +73,22 @@ class OnnxBackend(Backend):
         feed = {k: np.ascontiguousarray(v, dtype=types[k]) for k, v in inputs.items()}
         return self.sessions[comp].run(None, feed)
 
-    def encode_text(self, input_ids, attention_mask):
-        return self._run("text_encoder", input_ids=input_ids, attention_mask=attention_mask)[0].astype(np.float32)
+    def encode_text(self, input_ids, attention_mask, controls=None):
+        extra = dict(controls) if controls is not None and self.config.controls.enabled else {}
+        return self._run("text_encoder", input_ids=input_ids, attention_mask=attention_mask, **extra)[0].astype(
+            np.float32)
 
     def null_prefix(self, batch):
         return np.repeat(self._null[None], batch, axis=0).astype(np.float32)
 
-    def lm_prefill(self, prefix, tokens):
-        logits, cache = self._run("lm_prefill", prefix=prefix, tokens=tokens)
+    def lm_prefill(self, prefix, tokens, beat=None):
+        extra = {"beat": beat} if beat is not None and self.config.controls.enabled else {}
+        logits, cache = self._run("lm_prefill", prefix=prefix, tokens=tokens, **extra)
         return logits.astype(np.float32), cache
 
-    def lm_step(self, token, pos, cache):
-        logits, cache = self._run("lm_step", token=token, pos=np.array(pos, dtype=np.int64), cache=cache)
+    def lm_step(self, token, pos, cache, beat=None):
+        extra = {"beat": beat} if beat is not None and self.config.controls.enabled else {}
+        logits, cache = self._run("lm_step", token=token, pos=np.array(pos, dtype=np.int64), cache=cache, **extra)
         return logits.astype(np.float32), cache
 
     def dpd(self, z, angles, tokens):

@@ -42,24 +42,29 @@ class TorchBackend(Backend):
     def _np(t) -> np.ndarray:
         return t.detach().float().cpu().numpy()
 
-    def encode_text(self, input_ids, attention_mask):
+    def encode_text(self, input_ids, attention_mask, controls=None):
         with self._torch.inference_mode():
             states = self.text_encoder(self._t(input_ids), self._t(attention_mask))
-            return self._np(self.model.lm.cond(states, self._t(attention_mask)))
+            ctl = None
+            if controls is not None and self.model.lm.cond.controls is not None:
+                ctl = tuple(self._t(np.asarray(controls[k])) for k in ("key", "bpm", "metre", "family"))
+            return self._np(self.model.lm.cond(states, self._t(attention_mask), ctl))
 
     def null_prefix(self, batch):
         with self._torch.inference_mode():
             return self._np(self.model.lm.cond.null(batch))
 
-    def lm_prefill(self, prefix, tokens):
+    def lm_prefill(self, prefix, tokens, beat=None):
         with self._torch.inference_mode():
-            logits, cache = self.model.lm.prefill(self._t(prefix), self._t(tokens.astype(np.int64)))
+            beat_t = None if beat is None else self._t(beat.astype(np.float32))
+            logits, cache = self.model.lm.prefill(self._t(prefix), self._t(tokens.astype(np.int64)), beat_t)
             return self._np(logits), cache
 
-    def lm_step(self, token, pos, cache):
+    def lm_step(self, token, pos, cache, beat=None):
         with self._torch.inference_mode():
             pos_t = self._torch.tensor(pos, dtype=self._torch.int64, device=self.device)
-            logits, cache = self.model.lm.step(self._t(token.astype(np.int64)), pos_t, cache)
+            beat_t = None if beat is None else self._t(beat.astype(np.float32))
+            logits, cache = self.model.lm.step(self._t(token.astype(np.int64)), pos_t, cache, beat_t)
             return self._np(logits), cache
 
     def dpd(self, z, angles, tokens):

@@ -41,6 +41,36 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """Explicit musical controls (``melody_edge.controls``) as conditions of the LM, beside the text prefix.
+
+    Four extra prefix vectors (key, tempo, metre, instrument family; each replaced by its learned "absent" vector
+    when not given) and, per token, the beat phase at the asked tempo (sin/cos of the first ``beat_harmonics``
+    harmonics) added to the LM's input. With ``key_rotation`` the semantic tokens are transposition-equivariant:
+    the LM writes in C (tonic 0) and sees only the mode, and the runtime rotates its tokens to the asked tonic.
+    """
+
+    enabled: bool = False  # models trained before the controls existed have none
+    key_rotation: bool = True  # True: the LM sees the mode (2 classes); False: the key (24 classes)
+    n_metres: int = 11  # = len(melody_edge.controls.METRES)
+    n_families: int = 9  # = len(melody_edge.controls.FAMILIES)
+    beat_harmonics: int = 2  # beat-phase features per token: 2 * harmonics
+    dropout: float = 0.3  # each control is dropped independently in training (any subset may be given)
+
+    @property
+    def n_keys(self) -> int:
+        return 2 if self.key_rotation else 24
+
+    @property
+    def n_prefix(self) -> int:
+        return 4 if self.enabled else 0
+
+    @property
+    def beat_dim(self) -> int:
+        return 2 * self.beat_harmonics if self.enabled else 0
+
+
+@dataclass(frozen=True)
 class LMConfig:
     """LLaMA-style decoder over semantic tokens (RoPE, RMSNorm, SwiGLU, static-shape KV cache)."""
 
@@ -67,12 +97,13 @@ class DPDConfig:
     n_blocks: int = 3
     n_heads: int = 4
     coarse_layers: int = 1  # RoFormer layers across merged segments, per block
-    fine_layers: int = 1  # bidirectional GRU layers inside each segment, per block (SRU does not export)
+    fine_layers: int = 1  # local attention layers inside each segment, per block (stand-in for the bi-SRU)
     ffn_mult: int = 4
     segment: int = 32  # frames per segment; segments overlap by half
     merge: int = 8  # a segment is merged to segment // merge vectors for the coarse path
     sem_vocab: int = 256  # = LMConfig.vocab_size; index sem_vocab is the "no condition" token for CFG
     cond_dropout: float = 0.1  # paper: 0.1
+    token_features: int = 0  # > 0: each token also embeds its tokenizer feature vector (24-d: chroma, ...)
 
 
 @dataclass(frozen=True)
@@ -120,6 +151,7 @@ class ModelConfig:
     lm: LMConfig = field(default_factory=LMConfig)
     dpd: DPDConfig = field(default_factory=DPDConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    controls: ControlConfig = field(default_factory=ControlConfig)
     window_tokens: int = 256  # 10.24 s at 25 Hz: the training window of the LM and the DPD
     n_chunks: int = 4  # paper: 4 chunks per window, each with its own angle
     guidance: float = 2.5  # default DPD classifier-free guidance scale of this model (paper: 2.5)
@@ -155,8 +187,13 @@ class ModelConfig:
 
     @property
     def lm_max_len(self) -> int:
-        """Static KV-cache length: the text prefix plus one window of tokens."""
-        return self.text.n_prefix + self.window_tokens
+        """Static KV-cache length: the text and control prefix plus one window of tokens."""
+        return self.prefix_len + self.window_tokens
+
+    @property
+    def prefix_len(self) -> int:
+        """Prefix vectors the LM reads before its tokens: the text's, then the controls'."""
+        return self.text.n_prefix + self.controls.n_prefix
 
     def validate(self) -> ModelConfig:
         if self.dpd.latent_dim != self.vae.latent_dim:
@@ -171,6 +208,8 @@ class ModelConfig:
             raise ConfigError("dpd.segment must be even and a multiple of dpd.merge")
         if self.lm.dim % self.lm.n_heads or self.dpd.dim % self.dpd.n_heads:
             raise ConfigError("model dims must be multiples of their head counts")
+        if self.controls.enabled and self.controls.key_rotation and self.lm.vocab_size % 12:
+            raise ConfigError(f"key_rotation needs a vocabulary of base codes x 12, got {self.lm.vocab_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +228,7 @@ class ModelConfig:
                 lm=LMConfig(**d["lm"]),
                 dpd=DPDConfig(**d["dpd"]),
                 vae=VAEConfig(**vae),
+                controls=ControlConfig(**d.get("controls", {"enabled": False})),
                 window_tokens=d["window_tokens"],
                 n_chunks=d["n_chunks"],
                 # configs written before these fields existed used the class defaults (paper 2.5, no LM guidance)
@@ -206,8 +246,10 @@ def _debug() -> ModelConfig:
     return ModelConfig(
         name="debug",
         text=TextConfig(n_prefix=4, n_heads=2),
-        lm=LMConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, ffn_dim=64),
-        dpd=DPDConfig(latent_dim=8, dim=32, n_blocks=2, n_heads=2, segment=16, merge=4, sem_vocab=32),
+        lm=LMConfig(vocab_size=48, dim=32, n_layers=2, n_heads=2, ffn_dim=64),
+        dpd=DPDConfig(latent_dim=8, dim=32, n_blocks=2, n_heads=2, segment=16, merge=4, sem_vocab=48,
+                      token_features=24),
+        controls=ControlConfig(enabled=True),
         vae=VAEConfig(hop=480, latent_dim=8, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=1, disc_channels=4,
                       mrd_ffts=(256, 512)),
         window_tokens=64,  # 2.56 s: 4 chunks of 0.64 s
@@ -220,7 +262,10 @@ def _tiny() -> ModelConfig:
     # guidance 1: the decoder's log-magnitude is linear in the latents, and CFG 2.5 pushes them past the data's
     # range into loud, clipped audio (test RMS 0.52 vs 0.10 real). lm_guidance 3: chosen on the valid split
     # among 1/3/5/8 by key match (0.08/0.17/0.08/0.00). MODEL_CARD.md has both comparisons.
-    return ModelConfig(name="tiny", lm=LMConfig(dropout=0.1), guidance=1.0, lm_guidance=3.0)
+    # controls: vocab 768 = 64 base codes x 12 rotations (transposition-equivariant tokens, key set by rotation)
+    return ModelConfig(name="tiny", lm=LMConfig(vocab_size=768, dropout=0.1),
+                       dpd=DPDConfig(sem_vocab=768, token_features=24), controls=ControlConfig(enabled=True),
+                       guidance=1.0, lm_guidance=3.0)
 
 
 def _paper() -> ModelConfig:

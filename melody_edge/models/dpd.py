@@ -125,6 +125,9 @@ class DPD(nn.Module):
         D = cfg.dim
         self.in_proj = nn.Linear(cfg.latent_dim, D)
         self.sem_emb = nn.Embedding(cfg.sem_vocab + 1, D)
+        if cfg.token_features:  # each token's tokenizer features (chroma first): the pitch it stands for, given
+            self.register_buffer("sem_feats", torch.zeros(cfg.sem_vocab + 1, cfg.token_features))
+            self.feat_proj = nn.Linear(cfg.token_features, D, bias=False)
         self.angle_mlp = nn.Sequential(nn.Linear(2 * 32, D), nn.SiLU(), nn.Linear(D, D))
         self.mean_sem = nn.Linear(D, D)
         self.blocks = nn.ModuleList([DPDBlock(cfg) for _ in range(cfg.n_blocks)])
@@ -132,6 +135,12 @@ class DPD(nn.Module):
         self.out = nn.Linear(D, cfg.latent_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    def set_token_features(self, feats) -> None:
+        """Store the tokenizer's per-token feature vectors (sem_vocab, F); the null token keeps zeros."""
+        with torch.no_grad():
+            self.sem_feats.zero_()
+            self.sem_feats[: self.cfg.sem_vocab] = torch.as_tensor(feats, dtype=torch.float32)
 
     @property
     def null_token(self) -> int:
@@ -158,6 +167,8 @@ class DPD(nn.Module):
         n_tok = (L + self.fpt - 1) // self.fpt
         tokens = tokens[:, :n_tok]
         sem = self.sem_emb(tokens)  # (B, N, D)
+        if self.cfg.token_features:
+            sem = sem + self.feat_proj(self.sem_feats[tokens])
         aligned = sem[:, :, None].expand(B, n_tok, self.fpt, sem.shape[-1]).reshape(B, n_tok * self.fpt, -1)[:, :L]
         cond = self.angle_mlp(angle_features(angles, 32)) + self.mean_sem(sem.mean(1, keepdim=True))  # (B, L, D)
         x = self.in_proj(z) + aligned  # (B, L, D)

@@ -2,6 +2,9 @@
 
 The sequence is ``[prefix_1..prefix_P, u_1..u_N]``; position P-1+i predicts u_{i+1}. The KV cache has a static
 shape ``(n_layers, 2, B, H, max_len, head_dim)`` so that a decode step is one fixed graph (ONNX, Core ML).
+
+With controls, the input of the position that predicts token j also gets the beat phase of token j at the asked
+tempo (``beat`` features, zeros when no tempo is given), projected to the model width: a clock for the rhythm.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from melody_edge.models.config import LMConfig, TextConfig
+from melody_edge.models.config import ControlConfig, LMConfig, TextConfig
 from melody_edge.models.layers import RMSNorm, SwiGLU, apply_rope, attention, rope_angles
 from melody_edge.models.text import TextConditioner
 
@@ -54,11 +57,14 @@ class LMBlock(nn.Module):
 class SemanticLM(nn.Module):
     """Decoder-only transformer over semantic tokens, with the text conditioner that writes its prefix."""
 
-    def __init__(self, cfg: LMConfig, text_cfg: TextConfig, max_len: int) -> None:
+    def __init__(self, cfg: LMConfig, text_cfg: TextConfig, max_len: int, controls: ControlConfig | None = None
+                 ) -> None:
         super().__init__()
         self.cfg = cfg
         self.max_len = max_len  # static KV-cache length: prefix + one window of tokens
-        self.cond = TextConditioner(text_cfg, cfg.dim)
+        self.cond = TextConditioner(text_cfg, cfg.dim, controls)
+        self.beat_dim = controls.beat_dim if controls is not None else 0
+        self.beat_proj = nn.Linear(self.beat_dim, cfg.dim, bias=False) if self.beat_dim else None
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList([LMBlock(cfg) for _ in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -77,9 +83,17 @@ class SemanticLM(nn.Module):
             return prefix
         return torch.cat([prefix, self.tok_emb(tokens)], dim=1)  # (B, P + N, D)
 
-    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, N, V): entry i predicts tokens[:, i] from the prefix and tokens[:, :i]."""
-        x = self._embed(prefix, tokens[:, :-1])
+    def _add_beat(self, x: torch.Tensor, beat: torch.Tensor | None) -> torch.Tensor:
+        """Add the projected beat features (B, M, F) to the last M positions of x (B, T, D)."""
+        if self.beat_proj is None or beat is None:
+            return x
+        M = beat.shape[1]
+        return torch.cat([x[:, : x.shape[1] - M], x[:, x.shape[1] - M:] + self.beat_proj(beat)], dim=1)
+
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor, beat: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, N, V): entry i predicts tokens[:, i] from the prefix and tokens[:, :i];
+        ``beat`` (B, N, F): the beat features of each predicted token."""
+        x = self._add_beat(self._embed(prefix, tokens[:, :-1]), beat)
         T = x.shape[1]
         cos, sin = rope_angles(torch.arange(T, device=x.device), self.cfg.head_dim, self.cfg.rope_theta)
         mask = torch.triu(torch.full((T, T), -1e9, device=x.device), diagonal=1)
@@ -88,9 +102,11 @@ class SemanticLM(nn.Module):
         P = prefix.shape[1]
         return self.head(self.norm(x[:, P - 1:]))  # (B, N, V)
 
-    def prefill(self, prefix: torch.Tensor, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the prompt (prefix + given tokens) at once -> (logits of the next token (B, V), KV cache)."""
-        x = self._embed(prefix, tokens)
+    def prefill(self, prefix: torch.Tensor, tokens: torch.Tensor | None = None, beat: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt (prefix + given tokens (B, K)) at once -> (logits of the next token (B, V), KV cache);
+        ``beat`` (B, K + 1, F): beat features of the given tokens and of the next one."""
+        x = self._add_beat(self._embed(prefix, tokens), beat)
         B, T, _ = x.shape
         cos, sin = rope_angles(torch.arange(T, device=x.device), self.cfg.head_dim, self.cfg.rope_theta)
         mask = torch.triu(torch.full((T, T), -1e9, device=x.device), diagonal=1)
@@ -102,9 +118,13 @@ class SemanticLM(nn.Module):
         cache = nn.functional.pad(cache, (0, 0, 0, self.max_len - T))  # (n_layers, 2, B, H, max_len, hd)
         return self.head(self.norm(x[:, -1])), cache
 
-    def step(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode step: token (B,) at position ``pos`` (0-d int64) -> (logits (B, V), updated cache)."""
+    def step(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, beat: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step: token (B,) at position ``pos`` (0-d int64) -> (logits (B, V), updated cache);
+        ``beat`` (B, F): the beat features of the token this step predicts."""
         x = self.tok_emb(token)[:, None]  # (B, 1, D)
+        if self.beat_proj is not None and beat is not None:
+            x = x + self.beat_proj(beat)[:, None]
         cos, sin = rope_angles(pos.reshape(1), self.cfg.head_dim, self.cfg.rope_theta)
         L = cache.shape[-2]
         mask = torch.where(torch.arange(L, device=x.device) <= pos, 0.0, -1e9)[None, None, None, :]  # (1,1,1,L)

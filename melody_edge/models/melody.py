@@ -24,7 +24,7 @@ class MeLoDy(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lm = SemanticLM(cfg.lm, cfg.text, cfg.lm_max_len)
+        self.lm = SemanticLM(cfg.lm, cfg.text, cfg.lm_max_len, cfg.controls)
         self.dpd = DPD(cfg.dpd, cfg.frames_per_token)
         self.vae = VAE(cfg.vae)
 

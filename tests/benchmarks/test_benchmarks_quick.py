@@ -9,6 +9,7 @@ noise on a small shared machine. The quick run's debug bundles are reused by the
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import report
+from benchmarks.workloads import Workload
+from melody_edge.models.config import get_config
+
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
 COMMON = {"schema", "run_id", "commit", "dirty", "version", "quick", "machine", "kind", "timestamp", "status", "error"}
-WORKLOAD = COMMON | {"config", "backend", "precision", "preset", "model", "params", "bundle", "steps", "guidance",
+WORKLOAD = COMMON | {"config", "backend", "precision", "preset", "model", "model_sha256", "settings", "params",
+                     "bundle", "steps", "guidance",
                      "seed", "prompt", "threads", "providers", "device", "backend_import_s", "load_s",
                      "rss_after_load_mb", "workload", "workload_kind", "audio_seconds", "prompt_seconds", "analytic",
                      "peak_rss_mb"}
@@ -28,10 +34,23 @@ MACHINE = {"cpu", "arch", "cpu_flags", "cores_physical", "cores_logical", "threa
            "versions"}
 
 
-def _python(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> None:
+def _python(*args: str, env: dict[str, str] | None = None, timeout: int = 900, rc: int = 0) -> str:
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout,
                           capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == rc, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n" \
+                                  f"{proc.stderr[-5000:]}"
+    return proc.stderr
+
+
+def expected_passes(workload: str, steps: int = 8) -> dict[str, int]:
+    """Forward passes from the generator's contract, not from its loop: one text pass; one LM pass per 40 ms token;
+    segments of a window first (``generate``) or of a chunk (``stream``, ``continue_audio``), then of a chunk each;
+    ``steps`` DPD passes (the CFG pair is one batch) and one VAE decode per segment, plus the prompt's encode."""
+    cfg, wl = get_config("debug"), Workload.parse(workload)
+    tokens = math.ceil(wl.seconds * cfg.token_rate)
+    first = cfg.window_tokens if wl.kind == "gen" else cfg.chunk_tokens
+    segments = 1 + math.ceil(max(0, tokens - first) / cfg.chunk_tokens)
+    return {"text": 1, "lm": tokens, "dpd": steps * segments, "vae": segments + (wl.kind == "cont")}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +86,13 @@ def test_workload_rows_carry_the_schema_fields(rows):
         if r["status"] == "ok":
             assert MEASURED <= r.keys()
             assert len(r["samples"]) == r["repeats"] == 1 and r["rtf"] > 0
-            assert r["stages"]["passes"] == r["analytic"]["calls"]
+            assert r["stages"]["passes"] == expected_passes(r["workload"]) == r["analytic"]["calls"]
+        assert r["settings"]["steps"] == r["steps"] == 8 and r["settings"]["threads"] == 1 and r["settings"]["quick"]
+        if r["backend"] == "torch":
+            assert r["model_sha256"] == "random:debug"
+        else:
+            assert len(r["model_sha256"]) == 64 and r["model_sha256"] == r["bundle"]["sha256"]
+            assert r["bundle"]["gate"]["passed"] is True
             assert r["peak_rss_mb"] >= r["rss_after_load_mb"] > 0
 
 
@@ -91,12 +116,32 @@ def test_ceilings_row_has_positive_gemm_and_copy_figures(rows):
     assert c["fp32_gemm_gflops"] > 0 and c["int8_gemm_gops"] > 0 and c["copy_gbs"] > 0
 
 
-def test_report_writes_tables_plots_and_fills_the_marked_section(quick, tmp_path):
+def test_run_refuses_to_append_to_an_existing_file_unless_asked(quick):
+    err = _python("-m", "benchmarks", "run", "--quick", "--out", str(quick / "results.jsonl"), rc=1)
+    assert "--append" in err
+
+
+def test_report_takes_one_run_and_never_mixes_commits(rows):
+    other = [{**r, "run_id": "older", "commit": "0" * 40, "rtf": 1e6} for r in rows]
+    picked = report.Rows(report.select_runs(other + rows))  # default: the file's last run
+    assert {r["run_id"] for r in picked.workloads} == {rows[0]["run_id"]}
+    with pytest.raises(SystemExit, match="different commits"):
+        report.select_runs(other + rows, ["older", rows[0]["run_id"]])
+    relabelled = [{**r, "model_sha256": "f" * 64} if r.get("config") == "onnx-fp32" else r for r in rows]
+    doubled = report.Rows(report.select_runs(rows + relabelled))  # same run, another model under the same label
+    assert len([c for c in doubled.configs if c[0] == "onnx-fp32"]) == 2
+
+
+def test_report_writes_tables_plots_and_fills_the_marked_section(quick, rows, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- bench:start -->\nstale\n<!-- bench:end -->\n\nafter\n")
     out = tmp_path / "report"
-    _python("-m", "benchmarks", "report", "--in", str(quick / "results.jsonl"), "--out", str(out),
-            "--readme", str(readme))
+    err = _python("-m", "benchmarks", "report", "--in", str(quick / "results.jsonl"), "--out", str(out),
+                  "--readme", str(readme), rc=1)
+    assert "--quick" in err and "stale" in readme.read_text()  # a quick (debug) run never reaches a README table
+    full = tmp_path / "full.jsonl"  # the same rows, as if from a full run
+    full.write_text("".join(json.dumps({**r, "quick": False}) + "\n" for r in rows))
+    _python("-m", "benchmarks", "report", "--in", str(full), "--out", str(out), "--readme", str(readme))
     page = (out / "README.md").read_text()
     for heading in ("## Summary", "## Per-stage breakdown", "## Forward passes", "## Machine ceilings", "## Streaming",
                     "## Size vs quality per recipe", "## Method"):
@@ -104,7 +149,8 @@ def test_report_writes_tables_plots_and_fills_the_marked_section(quick, tmp_path
     assert "6,250" in page  # MusicLM's analytic count beside ours
     assert list(out.glob("*.png"))
     text = readme.read_text()
-    assert "stale" not in text and "| torch (debug, 8 steps) |" in text and text.endswith("after\n")
+    assert "stale" not in text and "| torch (debug, 8 steps, model random) |" in text and text.endswith("after\n")
+    assert rows[0]["commit"][:10] in text and rows[0]["run_id"] in text
 
 
 def test_pytest_benchmark_suites_run_once_with_timing_off(quick):

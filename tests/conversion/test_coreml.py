@@ -9,19 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from conversion.coreml import (
-    FLOAT32_COMPONENTS,
+from conversion.common import load_checkpoint
+from conversion.coreml import FLOAT32_COMPONENTS, compress, convert, export_coreml, export_program, input_shapes
+from conversion.graphs import (
+    OUTPUTS,
     CoreMLPrefill,
     CoreMLStep,
-    compress,
-    convert,
     coreml_example_inputs,
-    coreml_modules,
-    export_coreml,
-    export_program,
-    input_shapes,
+    coreml_graphs,
+    example_inputs,
+    onnx_graphs,
 )
-from conversion.export import OUTPUTS, _modules, example_inputs, load_checkpoint
 from conversion.parity import snr_db
 from melody_edge.backends.coreml_backend import CoreMLBackend, sha256_path, verify_files
 from melody_edge.bundle import COMPONENTS, Bundle, load_bundle, sha256
@@ -52,7 +50,7 @@ def compressed(tmp_path_factory, model):
     """``export_coreml``'s int8 path on three components (the biggest, the LM step, a VAE) and its palettize4 path on
     the LM step, in folders ``int8`` and ``palettize4``: a minute less than exporting whole bundles."""
     root = tmp_path_factory.mktemp("coreml_compressed")
-    mods, inputs, shapes = coreml_modules(model), coreml_example_inputs(model), input_shapes(model.cfg)
+    mods, inputs, shapes = coreml_graphs(model), coreml_example_inputs(model), input_shapes(model.cfg)
     for name in ("text_encoder", "lm_step", "vae_decoder"):
         program = export_program(mods[name], inputs[name], shapes[name])
         mlmodel = convert(program, inputs[name], shapes[name], OUTPUTS[name], float16=True)
@@ -169,22 +167,22 @@ def test_core_ml_lm_graphs_equal_the_lm(model):
     with torch.no_grad():
         for B in (1, 2):
             ref_logits, ref_cache = model.lm.prefill(prefix[:B], tokens[:B])
-            logits, cache = CoreMLPrefill(model.lm)(prefix[:B], tokens[:B])
+            logits, cache = CoreMLPrefill(model)(prefix[:B], tokens[:B])
             T = cache.shape[-2]
             torch.testing.assert_close(logits[:, 1], ref_logits)
             torch.testing.assert_close(cache, ref_cache.flatten(0, 1)[..., :T, :])
             assert not ref_cache[..., T:, :].any()
             ref_logits, ref_cache = model.lm.step(step["token"][:B], step["pos"], step["cache"][:, :, :B])
-            logits, cache = CoreMLStep(model.lm)(step["token"][:B], step["pos"].reshape(1),
+            logits, cache = CoreMLStep(model)(step["token"][:B], step["pos"].reshape(1),
                                                  step["cache"][:, :, :B].flatten(0, 1))
             torch.testing.assert_close(logits, ref_logits)
             torch.testing.assert_close(cache, ref_cache.flatten(0, 1))
         empty_logits, _ = model.lm.prefill(prefix[:1], tokens[:1, :0])  # N == 0: the backend's placeholder token
-        torch.testing.assert_close(CoreMLPrefill(model.lm)(prefix[:1], tokens[:1, :1])[0][:, 0], empty_logits)
+        torch.testing.assert_close(CoreMLPrefill(model)(prefix[:1], tokens[:1, :1])[0][:, 0], empty_logits)
 
 
 def test_rewritten_programs_equal_eager_torch_at_batch_1_and_odd_lengths(model):
-    mods, inputs, shapes = coreml_modules(model), coreml_example_inputs(model), input_shapes(model.cfg)
+    mods, inputs, shapes = coreml_graphs(model), coreml_example_inputs(model), input_shapes(model.cfg)
     g = torch.Generator().manual_seed(1)
     C, fpt, V = model.cfg.vae.latent_dim, model.cfg.frames_per_token, model.cfg.lm.vocab_size
     cases = {"dpd": [(torch.randn(B, L, C, generator=g), torch.rand(B, L, generator=g),
@@ -222,7 +220,7 @@ def test_backend_module_imports_without_coremltools():
 @on_macos
 def test_fp16_predictions_match_torch(fp16_bundle, model):
     be = CoreMLBackend(load_bundle(fp16_bundle, verify=False))
-    mods = _modules(model)
+    mods = onnx_graphs(model)
     inputs = example_inputs(model)
     np_in = {k: {n: t.numpy() for n, t in v.items()} for k, v in inputs.items()}
     with torch.no_grad():

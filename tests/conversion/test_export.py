@@ -6,10 +6,12 @@ import sys
 import numpy as np
 import pytest
 
+import conversion.export
 from conversion.export import export_bundle
-from conversion.parity import THRESHOLDS
+from conversion.parity import THRESHOLDS, ParityError
 from melody_edge import BundleError, Generator
 from melody_edge.bundle import load_bundle
+from melody_edge.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +24,23 @@ def int8_bundle(tmp_path_factory):
     return export_bundle("debug", tmp_path_factory.mktemp("int8"), precision="int8")
 
 
+@pytest.fixture(scope="module")
+def fp16_bundle(tmp_path_factory):
+    return export_bundle("debug", tmp_path_factory.mktemp("fp16"), precision="fp16")
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
 def test_fp32_bundle_parity_meets_the_issue_thresholds(fp32_bundle):
     parity = json.loads((fp32_bundle / "parity.json").read_text())
     f = parity["figures"]
-    assert parity["passed"]
+    assert parity["passed"] and not parity["failed"]
     assert f["lm_logits_max_abs"] < 1e-3
     assert f["lm_token_agreement"] == 1.0
     assert f["vae_snr_db"] > 50 and f["dpd_snr_db"] > 50 and f["text_snr_db"] > 50
@@ -44,6 +59,64 @@ def test_int8_bundle_parity_meets_documented_thresholds(int8_bundle, fp32_bundle
     size = {p: sum((p / e["path"]).stat().st_size for e in load_bundle(p).manifest["files"].values())
             for p in (fp32_bundle, int8_bundle)}
     assert size[int8_bundle] < size[fp32_bundle]
+
+
+def test_manifest_records_the_gate_that_ran_on_the_bundle(fp32_bundle):
+    gate = _manifest(fp32_bundle)["gate"]
+    parity = json.loads((fp32_bundle / "parity.json").read_text())
+    assert gate["passed"] is True and gate["failed"] == [] and gate["provider"] == "CPUExecutionProvider"
+    assert gate["tolerances"] == THRESHOLDS["fp32"] and gate["measured"] == parity["figures"]
+    assert set(gate["tolerances"]) <= set(gate["measured"])
+    assert _leftovers(fp32_bundle) == []
+
+
+def test_fp16_bundle_loads_on_the_cpu_provider_and_passes_its_gate(fp16_bundle):
+    gate = _manifest(fp16_bundle)["gate"]
+    assert gate["passed"] is True, gate["failed"]
+    assert _manifest(fp16_bundle)["files"]["dpd"]["spec"]["inputs"]["z"]["dtype"] == "tensor(float)"  # fp32 I/O
+    gen = Generator(fp16_bundle, backend="onnxruntime")
+    assert gen.info["precision"] == "fp16" and gen.info["providers"] == ["CPUExecutionProvider"]
+    audio = gen.generate("a calm piano waltz", seconds=1.0, seed=0, steps=2)
+    assert len(audio.samples) == 24_000 and np.isfinite(audio.samples).all() and np.abs(audio.samples).max() > 0
+
+
+def test_failed_gate_is_recorded_and_leaves_the_old_bundle_in_place(fp32_bundle, tmp_path, monkeypatch):
+    out = _copy(fp32_bundle, tmp_path)
+    before = (out / "manifest.json").read_bytes()
+    # a tolerance the fp32 DPD cannot meet (it measures ~130 dB): the gate must fail, be written down, then raise
+    monkeypatch.setitem(THRESHOLDS, "fp32", {**THRESHOLDS["fp32"], "dpd_snr_db": 1e9})
+    with pytest.raises(ParityError, match="dpd_snr_db"):
+        export_bundle("debug", out, precision="fp32", e2e=False)
+    assert (out / "manifest.json").read_bytes() == before
+    failed = out.with_name(out.name + ".failed")
+    gate = _manifest(failed)["gate"]
+    assert gate["passed"] is False and any(f.startswith("dpd_snr_db") for f in gate["failed"])
+    assert json.loads((failed / "parity.json").read_text())["passed"] is False
+    assert _leftovers(out) == []
+
+
+def test_interrupted_export_leaves_the_old_bundle_and_no_partial_folder(fp32_bundle, tmp_path, monkeypatch):
+    out = _copy(fp32_bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, done = conversion.export.quantize, []
+
+    def dies_on_the_third(src, dst, precision):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(real(src, dst, precision))
+
+    monkeypatch.setattr(conversion.export, "quantize", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle("debug", out, precision="fp32")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _leftovers(out) == [] and not out.with_name(out.name + ".failed").exists()
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a bundle"):
+        export_bundle("debug", tmp_path, precision="fp32", check=False)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_manifest_describes_every_component(fp32_bundle):

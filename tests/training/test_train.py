@@ -70,7 +70,9 @@ def setup(tmp_path_factory):
     data, out = root / "data", root / "ckpt"
     write_dataset(data)
     out.mkdir()
-    fit_tokenizer(sorted((data / "train").glob("*.wav")), vocab_size=32, seed=0).save(out / "tokenizer.npz")
+    cfg = get_config("debug")
+    fit_tokenizer(sorted((data / "train").glob("*.wav")), vocab_size=cfg.lm.vocab_size, seed=0,
+                  rotations=12).save(out / "tokenizer.npz")
     common = ["--data", str(data), "--out", str(out), "--preset", "debug", "--seed", "0", "--threads", "1",
               "--device", "cpu", "--log-every", "1", "--warmup", "3"]
     return data, out, common

@@ -1,0 +1,181 @@
+"""The torch graphs that are exported, one small ``nn.Module`` per component, shared by ONNX (``export.py``) and
+Core ML (``coreml.py``).
+
+Each wrapper's ``forward`` arguments are the graph's inputs (names and order) and its return values the graph's
+outputs, named in ``OUTPUTS``. A new graph input (a control id, a beat phase) is one more ``forward`` argument, one
+more entry in ``example_inputs`` and, for Core ML, in ``coreml.input_shapes``.
+
+Core ML tensors have rank <= 5 and no empty tensors, so its LM graphs are ``CoreMLPrefill`` / ``CoreMLStep``: the
+same blocks as ``SemanticLM.prefill`` / ``.step`` without the rank-6 cache stack (tests check they are equal).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from melody_edge.models.layers import rope_angles
+from melody_edge.models.melody import MeLoDy
+from melody_edge.text import TextTokenizer
+
+# parity is measured on real captions: random word-piece ids are far from what the text encoder sees and
+# exaggerate int8 error (measured 8.7 dB on random ids vs 26 dB on captions for the tiny model)
+PARITY_PROMPTS = ("a slow chorale for string ensemble in G major, 3/4, 66 BPM",
+                  "a lively folk dance for flute in A minor, allegro 132 bpm")
+
+OUTPUTS = {"text_encoder": ["prefix"], "lm_prefill": ["logits", "cache"], "lm_step": ["logits", "cache_out"],
+           "dpd": ["v"], "vae_decoder": ["audio"], "vae_encoder": ["z"]}
+
+
+class TextPrefix(nn.Module):
+    """input_ids, attention_mask (B, 64) -> the LM's soft prefix (B, P, D): MiniLM + the LM's conditioner."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        from melody_edge.models.text import MiniLM
+
+        self.minilm = MiniLM()
+        self.cond = model.lm.cond
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.cond(self.minilm(input_ids, attention_mask), attention_mask)
+
+
+class LMPrefill(nn.Module):
+    """prefix (B, P, D), tokens (B, N) -> logits of the next token (B, V), cache (n_layers, 2, B, H, max_len, hd)."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.lm = model.lm
+
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm.prefill(prefix, tokens)
+
+
+class LMStep(nn.Module):
+    """token (B,), pos (), cache -> logits (B, V), the cache with position ``pos`` written."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.lm = model.lm
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm.step(token, pos, cache)
+
+
+class DPDDenoiser(nn.Module):
+    """z (B, L, C), angles (B, L), semantic tokens (B, ceil(L / frames_per_token)) -> v prediction (B, L, C)."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.dpd = model.dpd
+
+    def forward(self, z: torch.Tensor, angles: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dpd(z, angles, tokens)
+
+
+class VAEDecoder(nn.Module):
+    """Diffusion latents (B, L, C) -> audio (B, L * hop)."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode_from_diffusion(z)
+
+
+class VAEEncoder(nn.Module):
+    """Audio (B, T) -> diffusion latents (B, ceil(T / hop), C)."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode_for_diffusion(audio)
+
+
+class CoreMLPrefill(nn.Module):
+    """``SemanticLM.prefill`` without rank-6 tensors: prefix (B, P, D) + tokens (B, N >= 1) -> (logits of the
+    last two positions (B, 2, V), unpadded cache (2 * n_layers, B, H, P + N, head_dim))."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.lm = model.lm
+
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = self.lm
+        x = torch.cat([prefix, lm.tok_emb(tokens)], dim=1)
+        T = x.shape[1]
+        cos, sin = rope_angles(torch.arange(T, device=x.device), lm.cfg.head_dim, lm.cfg.rope_theta)
+        mask = torch.triu(torch.full((T, T), -1e9, device=x.device), diagonal=1)
+        kvs = []
+        for blk in lm.blocks:
+            x, kv = blk(x, cos, sin, mask)  # kv (2, B, H, T, head_dim)
+            kvs.append(kv)
+        return lm.head(lm.norm(x[:, -2:])), torch.cat(kvs)
+
+
+class CoreMLStep(nn.Module):
+    """``SemanticLM.step`` without rank-6 tensors: token (B,), pos (1,), cache (2 * n_layers, B, H, max_len,
+    head_dim) -> (logits (B, V), updated cache)."""
+
+    def __init__(self, model: MeLoDy) -> None:
+        super().__init__()
+        self.lm = model.lm
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = self.lm
+        p = pos.reshape(())
+        x = lm.tok_emb(token)[:, None]  # (B, 1, D)
+        cos, sin = rope_angles(pos, lm.cfg.head_dim, lm.cfg.rope_theta)
+        mask = torch.where(torch.arange(cache.shape[-2], device=x.device) <= p, 0.0, -1e9)[None, None, None, :]
+        kvs = []
+        for i, blk in enumerate(lm.blocks):
+            x, kv = blk(x, cos, sin, mask, cache[2 * i : 2 * i + 2], p)
+            kvs.append(kv)
+        return lm.head(lm.norm(x[:, 0])), torch.cat(kvs)
+
+
+def onnx_graphs(model: MeLoDy) -> dict[str, nn.Module]:
+    """The six graphs of an ONNX bundle, in eval mode."""
+    return {"text_encoder": TextPrefix(model).eval(), "lm_prefill": LMPrefill(model).eval(),
+            "lm_step": LMStep(model).eval(), "dpd": DPDDenoiser(model).eval(), "vae_decoder": VAEDecoder(model).eval(),
+            "vae_encoder": VAEEncoder(model).eval()}
+
+
+def coreml_graphs(model: MeLoDy) -> dict[str, nn.Module]:
+    """The six graphs of a Core ML bundle: the ONNX ones with the LM prefill and step in the rank-5 layout."""
+    return {**onnx_graphs(model), "lm_prefill": CoreMLPrefill(model).eval(), "lm_step": CoreMLStep(model).eval()}
+
+
+def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Inputs each ONNX graph is traced and checked with (deterministic in ``seed``)."""
+    c = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    B, N, L = 2, 24, 24 * c.frames_per_token + 3
+    ids, mask = (torch.from_numpy(a) for a in TextTokenizer()(list(PARITY_PROMPTS[:B])))  # real captions
+    prefix = torch.randn(B, c.text.n_prefix, c.lm.dim, generator=g) * 0.5
+    tokens = torch.randint(0, c.lm.vocab_size, (B, N), generator=g)
+    with torch.inference_mode():
+        _, cache = model.lm.prefill(prefix, tokens)
+    return {
+        "text_encoder": {"input_ids": ids, "attention_mask": mask},
+        "lm_prefill": {"prefix": prefix, "tokens": tokens},
+        "lm_step": {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.text.n_prefix + N, dtype=torch.int64),
+                    "cache": cache.clone()},
+        "dpd": {"z": torch.randn(B, L, c.dpd.latent_dim, generator=g), "angles": torch.rand(B, L, generator=g) * 1.5,
+                "tokens": torch.randint(0, c.dpd.sem_vocab + 1, (B, -(-L // c.frames_per_token)), generator=g)},
+        "vae_decoder": {"z": torch.rand(B, L, c.vae.latent_dim, generator=g) * 2 - 1},
+        "vae_encoder": {"audio": torch.randn(B, L * c.vae.hop + 17, generator=g) * 0.1},
+    }
+
+
+def coreml_example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """``example_inputs`` in the Core ML layout: ``pos`` (1,) and the cache (2 * n_layers, B, H, L, hd)."""
+    inputs = example_inputs(model, seed)
+    step = inputs["lm_step"]
+    step["pos"] = step["pos"].reshape(1)
+    step["cache"] = step["cache"].flatten(0, 1)
+    return inputs
