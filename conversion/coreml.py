@@ -71,10 +71,18 @@ def input_shapes(cfg: ModelConfig) -> dict[str, dict[str, list[int | Flex]]]:
     L: Flex = ("L", 1, cfg.window_frames)
     N: Flex = ("N", 1, cfg.window_tokens)
     lm, C = cfg.lm, cfg.vae.latent_dim
+    text: dict[str, list[int | Flex]] = {"input_ids": [B, TEXT_MAX_TOKENS], "attention_mask": [B, TEXT_MAX_TOKENS]}
+    prefill: dict[str, list[int | Flex]] = {"prefix": [B, cfg.prefix_len, lm.dim], "tokens": [B, N]}
+    step: dict[str, list[int | Flex]] = {"token": [B], "pos": [1],
+                                         "cache": [2 * lm.n_layers, B, lm.n_heads, cfg.lm_max_len, lm.head_dim]}
+    if cfg.controls.enabled:
+        text.update({k: [B] for k in ("key", "bpm", "metre", "family")})
+        prefill["beat"] = [B, ("N1", 2, cfg.window_tokens + 1), cfg.controls.beat_dim]
+        step["beat"] = [B, cfg.controls.beat_dim]
     return {
-        "text_encoder": {"input_ids": [B, TEXT_MAX_TOKENS], "attention_mask": [B, TEXT_MAX_TOKENS]},
-        "lm_prefill": {"prefix": [B, cfg.text.n_prefix, lm.dim], "tokens": [B, N]},
-        "lm_step": {"token": [B], "pos": [1], "cache": [2 * lm.n_layers, B, lm.n_heads, cfg.lm_max_len, lm.head_dim]},
+        "text_encoder": text,
+        "lm_prefill": prefill,
+        "lm_step": step,
         "dpd": {"z": [B, L, C], "angles": [B, L], "tokens": [B, N]},
         "vae_decoder": {"z": [B, L, C]},
         "vae_encoder": {"audio": [B, ("T", 1, cfg.window_frames * cfg.vae.hop)]},
@@ -254,7 +262,8 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
             files[name] = {"path": dst.name, "spec": model_spec(mlmodel)}
             size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
             log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, size / 1e6, time.perf_counter() - t0)
-        np.save(stage / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
+        with torch.inference_mode():  # no text and no controls
+            np.save(stage / "null_prefix.npy", model.lm.cond.null(1)[0].detach().numpy().astype(np.float32))
         files["null_prefix"] = {"path": "null_prefix.npy"}
         shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
         files["text_tokenizer"] = {"path": "tokenizer.json"}

@@ -38,15 +38,17 @@ OPSET = 20
 E2E_SECONDS = 2.0  # teacher-forced end-to-end clip: 50 tokens, within one window of every preset
 
 
-def _dynamic_shapes(name: str) -> dict[str, Any]:
+def _dynamic_shapes(name: str, controls: bool = False) -> dict[str, Any]:
     D = torch.export.Dim
     B = D("B", min=1, max=64)
     if name == "text_encoder":
         return {"input_ids": {0: B}, "attention_mask": {0: B}}
     if name == "lm_prefill":
-        return {"prefix": {0: B}, "tokens": {0: B, 1: D("N", min=0, max=4096)}}
+        N = D("N", min=0, max=4096)
+        beat = {"beat": {0: B, 1: D("M", min=1, max=4097)}} if controls else {}  # M = N + 1, checked at run time
+        return {"prefix": {0: B}, "tokens": {0: B, 1: N}, **beat}
     if name == "lm_step":
-        return {"token": {0: B}, "pos": {}, "cache": {2: B}}
+        return {"token": {0: B}, "pos": {}, "cache": {2: B}, **({"beat": {0: B}} if controls else {})}
     if name == "dpd":
         L = D("L", min=1, max=1 << 20)
         return {"z": {0: B, 1: L}, "angles": {0: B, 1: L}, "tokens": {0: B, 1: D("N", min=1, max=1 << 20)}}
@@ -66,7 +68,8 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], name: str, p
                               dynamic_axes={n: {0: "B"} for n in names + OUTPUTS[name]}, opset_version=OPSET)
         else:
             torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, output_names=OUTPUTS[name],
-                              dynamic_shapes=_dynamic_shapes(name), opset_version=OPSET, optimize=True,
+                              dynamic_shapes=_dynamic_shapes(name, "beat" in names), opset_version=OPSET,
+                              optimize=True,
                               external_data=False)
 
 
@@ -120,16 +123,19 @@ def component_parity(model: MeLoDy, be: Any, inputs: dict[str, dict[str, torch.T
     # teacher-forced LM over a whole sequence: prefill with the prefix, then one step per example token, in torch
     # and in the bundle (B x N logits rows for the greedy-token agreement)
     prefix, tokens = inputs["lm_prefill"]["prefix"], inputs["lm_prefill"]["tokens"]
+    beat = inputs["lm_prefill"].get("beat")  # (B, N + 1, F) with controls
+    bt = (lambda i: beat[:, i]) if beat is not None else (lambda i: None)  # noqa: E731
+    bn = (lambda i: beat[:, i].numpy()) if beat is not None else (lambda i: None)  # noqa: E731
     P = prefix.shape[1]
     rows_ref, rows_out = [], []
     with torch.inference_mode():
-        logits, cache = model.lm.prefill(prefix, tokens[:, :0])
-        lo, co = be.lm_prefill(prefix.numpy(), tokens[:, :0].numpy())
+        logits, cache = model.lm.prefill(prefix, tokens[:, :0], None if beat is None else beat[:, :1])
+        lo, co = be.lm_prefill(prefix.numpy(), tokens[:, :0].numpy(), None if beat is None else beat[:, :1].numpy())
         for i in range(tokens.shape[1]):
             rows_ref.append(logits.numpy())
             rows_out.append(lo)
-            logits, cache = model.lm.step(tokens[:, i], torch.tensor(P + i), cache)
-            lo, co = be.lm_step(tokens[:, i].numpy(), P + i, co)
+            logits, cache = model.lm.step(tokens[:, i], torch.tensor(P + i), cache, bt(i + 1))
+            lo, co = be.lm_step(tokens[:, i].numpy(), P + i, co, bn(i + 1))
     both_ref = np.concatenate(rows_ref + [ref["lm_prefill"][0].numpy(), ref["lm_step"][0].numpy()])
     both_out = np.concatenate(rows_out + [out["lm_prefill"][0], out["lm_step"][0]]).astype(np.float32)
     return {
@@ -190,7 +196,9 @@ def e2e_parity(model: MeLoDy, be: Any, *, steps: int = 8, schedule: str = "paper
 
 def _assets(model: MeLoDy, folder: Path | None, stage: Path, files: dict[str, Any]) -> None:
     """The null text prefix, the text tokenizer and (for a trained checkpoint) the semantic tokenizer."""
-    np.save(stage / "null_prefix.npy", model.lm.cond.null_prefix.detach().numpy().astype(np.float32))
+    with torch.inference_mode():  # the CFG null: no text and, for a model with controls, no controls
+        null = model.lm.cond.null(1)[0]
+    np.save(stage / "null_prefix.npy", null.detach().numpy().astype(np.float32))
     files["null_prefix"] = {"path": "null_prefix.npy"}
     shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
     files["text_tokenizer"] = {"path": "tokenizer.json"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from melody_edge.controls import beat_features
 from melody_edge.models.layers import rope_angles
 from melody_edge.models.melody import MeLoDy
 from melody_edge.text import TextTokenizer
@@ -41,6 +42,17 @@ class TextPrefix(nn.Module):
         return self.cond(self.minilm(input_ids, attention_mask), attention_mask)
 
 
+class TextControlPrefix(TextPrefix):
+    """input_ids, attention_mask (B, 64), key, metre, family (B,) int64, bpm (B,) float -> prefix (B, P + 4, D):
+    the text prefix followed by the control vectors (``melody_edge.controls.control_ids`` writes the inputs)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, key: torch.Tensor | None = None,
+                bpm: torch.Tensor | None = None, metre: torch.Tensor | None = None,
+                family: torch.Tensor | None = None) -> torch.Tensor:
+        controls = None if key is None else (key, bpm, metre, family)
+        return self.cond(self.minilm(input_ids, attention_mask), attention_mask, controls)
+
+
 class LMPrefill(nn.Module):
     """prefix (B, P, D), tokens (B, N) -> logits of the next token (B, V), cache (n_layers, 2, B, H, max_len, hd)."""
 
@@ -52,6 +64,14 @@ class LMPrefill(nn.Module):
         return self.lm.prefill(prefix, tokens)
 
 
+class LMPrefillBeat(LMPrefill):
+    """``LMPrefill`` with the beat clock: beat (B, N + 1, F) of the given tokens and the next one."""
+
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor, beat: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm.prefill(prefix, tokens, beat)
+
+
 class LMStep(nn.Module):
     """token (B,), pos (), cache -> logits (B, V), the cache with position ``pos`` written."""
 
@@ -61,6 +81,14 @@ class LMStep(nn.Module):
 
     def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lm.step(token, pos, cache)
+
+
+class LMStepBeat(LMStep):
+    """``LMStep`` with the beat clock: beat (B, F) of the token this step predicts."""
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, beat: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm.step(token, pos, cache, beat)
 
 
 class DPDDenoiser(nn.Module):
@@ -104,9 +132,10 @@ class CoreMLPrefill(nn.Module):
         super().__init__()
         self.lm = model.lm
 
-    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor, beat: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         lm = self.lm
-        x = torch.cat([prefix, lm.tok_emb(tokens)], dim=1)
+        x = lm._add_beat(torch.cat([prefix, lm.tok_emb(tokens)], dim=1), beat)
         T = x.shape[1]
         cos, sin = rope_angles(torch.arange(T, device=x.device), lm.cfg.head_dim, lm.cfg.rope_theta)
         mask = torch.triu(torch.full((T, T), -1e9, device=x.device), diagonal=1)
@@ -125,10 +154,13 @@ class CoreMLStep(nn.Module):
         super().__init__()
         self.lm = model.lm
 
-    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, beat: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         lm = self.lm
         p = pos.reshape(())
         x = lm.tok_emb(token)[:, None]  # (B, 1, D)
+        if beat is not None and lm.beat_proj is not None:
+            x = x + lm.beat_proj(beat)[:, None]
         cos, sin = rope_angles(pos, lm.cfg.head_dim, lm.cfg.rope_theta)
         mask = torch.where(torch.arange(cache.shape[-2], device=x.device) <= p, 0.0, -1e9)[None, None, None, :]
         kvs = []
@@ -140,9 +172,11 @@ class CoreMLStep(nn.Module):
 
 def onnx_graphs(model: MeLoDy) -> dict[str, nn.Module]:
     """The six graphs of an ONNX bundle, in eval mode."""
-    return {"text_encoder": TextPrefix(model).eval(), "lm_prefill": LMPrefill(model).eval(),
-            "lm_step": LMStep(model).eval(), "dpd": DPDDenoiser(model).eval(), "vae_decoder": VAEDecoder(model).eval(),
-            "vae_encoder": VAEEncoder(model).eval()}
+    ctl = model.cfg.controls.enabled
+    return {"text_encoder": (TextControlPrefix if ctl else TextPrefix)(model).eval(),
+            "lm_prefill": (LMPrefillBeat if ctl else LMPrefill)(model).eval(),
+            "lm_step": (LMStepBeat if ctl else LMStep)(model).eval(), "dpd": DPDDenoiser(model).eval(),
+            "vae_decoder": VAEDecoder(model).eval(), "vae_encoder": VAEEncoder(model).eval()}
 
 
 def coreml_graphs(model: MeLoDy) -> dict[str, nn.Module]:
@@ -156,15 +190,25 @@ def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Te
     g = torch.Generator().manual_seed(seed)
     B, N, L = 2, 24, 24 * c.frames_per_token + 3
     ids, mask = (torch.from_numpy(a) for a in TextTokenizer()(list(PARITY_PROMPTS[:B])))  # real captions
-    prefix = torch.randn(B, c.text.n_prefix, c.lm.dim, generator=g) * 0.5
+    prefix = torch.randn(B, c.prefix_len, c.lm.dim, generator=g) * 0.5
     tokens = torch.randint(0, c.lm.vocab_size, (B, N), generator=g)
+    ctl = c.controls
+    beat = torch.from_numpy(beat_features(N + 2, 3.0, 96.0, ctl.beat_harmonics, c.token_rate))[None].repeat(B, 1, 1)
     with torch.inference_mode():
-        _, cache = model.lm.prefill(prefix, tokens)
+        _, cache = model.lm.prefill(prefix, tokens, beat[:, : N + 1] if ctl.enabled else None)
+    text = {"input_ids": ids, "attention_mask": mask}
+    prefill = {"prefix": prefix, "tokens": tokens}
+    step = {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.prefix_len + N, dtype=torch.int64),
+            "cache": cache.clone()}
+    if ctl.enabled:  # one sample with every control given, one with none
+        text.update(key=torch.tensor([1, ctl.n_keys]), bpm=torch.tensor([96.0, 0.0]),
+                    metre=torch.tensor([4, ctl.n_metres]), family=torch.tensor([2, ctl.n_families]))
+        prefill["beat"] = beat[:, : N + 1].clone()
+        step["beat"] = beat[:, N + 1].clone()
     return {
-        "text_encoder": {"input_ids": ids, "attention_mask": mask},
-        "lm_prefill": {"prefix": prefix, "tokens": tokens},
-        "lm_step": {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.text.n_prefix + N, dtype=torch.int64),
-                    "cache": cache.clone()},
+        "text_encoder": text,
+        "lm_prefill": prefill,
+        "lm_step": step,
         "dpd": {"z": torch.randn(B, L, c.dpd.latent_dim, generator=g), "angles": torch.rand(B, L, generator=g) * 1.5,
                 "tokens": torch.randint(0, c.dpd.sem_vocab + 1, (B, -(-L // c.frames_per_token)), generator=g)},
         "vae_decoder": {"z": torch.rand(B, L, c.vae.latent_dim, generator=g) * 2 - 1},

@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 # - lm_token_agreement: greedy argmax agreement over those 52 rows (0.98 allows one near-tie flip in 52);
 # - e2e_snr_db: teacher-forced end to end, the torch LM's tokens and shared noise through 8 DPD steps and the VAE.
 # Measured with onnxruntime 1.32 on the CPU provider (AVX-512 VNNI), debug preset / shipped tiny model:
-#   fp32: text 147 / 129, logits 1.2e-7 / 6.7e-6, cache 152 / 142, DPD 132 / 125, VAE 127 / 121, VAE encoder
-#         118 / 129, e2e 124 / see recipes.json dB. fp32 differs from torch only by summation order, which changes
-#         with kernels and thread counts: the gate is 100 dB (>= 17 dB below every figure, still 1e-5 relative
-#         amplitude) and 1e-4 on logits (15x). A real conversion bug (wrong op, swapped input) is far below 40 dB.
+#   fp32: text 147 / 129, logits 1.2e-7 / 6.7e-6, cache 152 / 142, DPD 132 / 125, VAE 127 / 124, VAE encoder
+#         118 / 132, e2e 124 / 107 dB. fp32 differs from torch only by summation order, which changes with kernels
+#         and thread counts: the gates are 100 dB (>= 17 dB below every figure, still 1e-5 relative amplitude), 90 dB
+#         end to end (it accumulates 8 steps) and 1e-4 on logits (15x). A real conversion bug (wrong op, swapped
+#         input) is far below 40 dB.
 #   int8: text 41.7 / 25.4, logits 0.0050 / 0.17, cache 53.8 / 54.1, DPD 38.3 / 37.1, VAE 53.9 / 44.5, VAE encoder
 #         56.7 / 68.9, e2e 37.4 / 26.7.
 #   fp16 (CPU provider, NchwcTransformer off): text 72.5 / 68.9, logits 1.5e-4 / 0.0076, cache 72.7 / 69.5,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 #   gate: one flipped sampled token makes another song (the shipped int8 bundle measured -2.3 dB that way).
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"lm_logits_max_abs": 1e-4, "lm_token_agreement": 0.98, "text_snr_db": 100.0, "lm_cache_snr_db": 100.0,
-             "dpd_snr_db": 100.0, "vae_snr_db": 100.0, "vae_encoder_snr_db": 100.0, "e2e_snr_db": 100.0},
+             "dpd_snr_db": 100.0, "vae_snr_db": 100.0, "vae_encoder_snr_db": 100.0, "e2e_snr_db": 90.0},
     "int8": {"lm_logits_max_abs": 0.35, "lm_token_agreement": 0.98, "text_snr_db": 22.0, "lm_cache_snr_db": 50.0,
              "dpd_snr_db": 34.0, "vae_snr_db": 41.0, "vae_encoder_snr_db": 53.0, "e2e_snr_db": 23.0},
     "fp16": {"lm_logits_max_abs": 0.015, "lm_token_agreement": 0.98, "text_snr_db": 65.0, "lm_cache_snr_db": 66.0,

@@ -16,28 +16,33 @@ COLUMNS = [
     ("text_snr_db", "text dB", "{:.1f}"),
     ("dpd_snr_db", "DPD dB", "{:.1f}"),
     ("vae_snr_db", "VAE dB", "{:.1f}"),
-    ("e2e_snr_db", "end-to-end dB", "{:.1f}"),
+    ("e2e_snr_db", "end-to-end dB (teacher-forced)", "{:.1f}"),
 ]
 
 
 def load_rows(paths: list[Path]) -> list[dict]:
-    """One row per parity.json (a bundle folder or the file itself)."""
+    """One row per parity.json (a bundle folder or the file itself), with the gate result and the bundle's source
+    commit when its manifest is beside it."""
     rows = []
     for p in paths:
         f = p / "parity.json" if p.is_dir() else p
         d = json.loads(f.read_text())
+        manifest = f.parent / "manifest.json"
+        source = json.loads(manifest.read_text()).get("source", {}) if manifest.is_file() else {}
         rows.append({"recipe": f"onnx {d['precision']}", "precision": d["precision"], "total_mb": d.get("total_mb"),
-                     "sizes_mb": d.get("sizes_mb", {}), **d["figures"], "source": str(f)})
+                     "sizes_mb": d.get("sizes_mb", {}), **d["figures"], "passed": d.get("passed"),
+                     "commit": source.get("commit"), "source": str(f)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows."""
-    head = "| recipe | size (MB) | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    head = "| recipe | size (MB) | " + " | ".join(c[1] for c in COLUMNS) + " | gate |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
         cells = [c[2].format(r[c[0]]) if isinstance(r.get(c[0]), (int, float)) else "-" for c in COLUMNS]
-        lines.append(f"| {r['recipe']} | {r['total_mb']:.1f} | " + " | ".join(cells) + " |")
+        gate = {True: "passed", False: "failed"}.get(r.get("passed"), "not run")
+        lines.append(f"| {r['recipe']} | {r['total_mb']:.1f} | " + " | ".join(cells) + f" | {gate} |")
     return "\n".join(lines)
 
 

@@ -128,6 +128,8 @@ class Audio:
         sample_rate = check_sample_rate(sample_rate)
         if sample_rate == self.sample_rate:
             return self
+        if len(self.samples) == 0:
+            return Audio(np.zeros(0, np.float32), sample_rate)
         n = int(round(len(self.samples) * sample_rate / self.sample_rate))
         t = np.arange(n) * (self.sample_rate / sample_rate)
         return Audio(np.interp(t, np.arange(len(self.samples)), self.samples).astype(np.float32), sample_rate)

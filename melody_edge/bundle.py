@@ -56,7 +56,7 @@ MANIFEST = "manifest.json"
 COMPONENTS = ("text_encoder", "lm_prefill", "lm_step", "dpd", "vae_decoder", "vae_encoder")
 ASSETS = ("null_prefix", "text_tokenizer")  # required besides the graphs; "semantic_tokenizer" is optional
 FORMATS = ("onnx", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "palettize4")  # palettize4: Core ML only
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is ~7 kB; refuse anything that could be a JSON bomb
 MAX_TOKENIZER_BYTES = 64 << 20  # MiniLM's tokenizer.json is 0.5 MB
 MAX_BUNDLE_BYTES = 16 << 30  # the paper preset in fp32 is ~3.3 GB; a larger bundle is refused before it is read
@@ -387,11 +387,11 @@ def _check_specs_fit(c: ModelConfig, files: dict[str, Any]) -> None:
 
     want = [  # (component, side, tensor, axis, expected, what)
         ("text_encoder", "inputs", "input_ids", -1, TEXT_MAX_TOKENS, "text tokens"),
-        ("lm_prefill", "inputs", "prefix", -2, c.text.n_prefix, "text.n_prefix"),
+        ("lm_prefill", "inputs", "prefix", -2, c.prefix_len, "text.n_prefix + the control prefix"),
         ("lm_prefill", "inputs", "prefix", -1, c.lm.dim, "lm.dim"),
         ("lm_prefill", "outputs", "logits", -1, c.lm.vocab_size, "lm.vocab_size"),
         ("lm_step", "outputs", "logits", -1, c.lm.vocab_size, "lm.vocab_size"),
-        ("lm_step", "inputs", "cache", -2, c.lm_max_len, "the KV-cache length (text.n_prefix + window_tokens)"),
+        ("lm_step", "inputs", "cache", -2, c.lm_max_len, "the KV-cache length (prefix + window_tokens)"),
         ("lm_step", "inputs", "cache", -1, c.lm.head_dim, "lm.dim // lm.n_heads"),
         ("dpd", "inputs", "z", -1, c.vae.latent_dim, "vae.latent_dim"),
         ("vae_decoder", "inputs", "z", -1, c.vae.latent_dim, "vae.latent_dim"),
@@ -488,7 +488,7 @@ def check_assets(bundle: Bundle) -> None:
             null = np.load(f, allow_pickle=False)
         except Exception as e:  # np.load raises ValueError, OSError, EOFError, ... on garbage
             raise BundleError(f"null prefix {f} is not a valid .npy file ({e}); re-export the bundle") from e
-        want = (c.text.n_prefix, c.lm.dim)
+        want = (c.prefix_len, c.lm.dim)
         if (not isinstance(null, np.ndarray) or null.shape != want or not np.issubdtype(null.dtype, np.floating)
                 or not np.isfinite(null).all()):
             raise BundleError(f"null prefix {f} must be finite floats of shape {want}, got "

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from melody_edge import Audio, BundleError, OutputPathError
-from melody_edge import cli
+from melody_edge import Audio, BundleError, OutputPathError, cli
 
 TONE = Audio((0.1 * np.sin(np.arange(24_000) / 10)).astype(np.float32), 24_000)
 

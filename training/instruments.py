@@ -1,11 +1,12 @@
 """Instrument-family classifier for the evaluation: which family (``melody_edge.controls.FAMILIES``) a clip sounds
 like, trained on real renders of the train split.
 
-Features (``clip_features``, 196 values per clip, level-normalised first so loudness does not count): mean and std
-over frames of 64 log-mel bands, 20 MFCCs, their frame-to-frame deltas (std only), 7 spectral-contrast bands and
-five spectral shape descriptors (centroid, bandwidth, roll-off, flatness, zero-crossing rate), from one STFT (n_fft
-2048, hop 512). Classifier: standardised features into a multinomial logistic regression (scikit-learn, lbfgs,
-L2, balanced class weights), which is deterministic for a given training set.
+Features (``clip_features``, 212 values per clip, level-normalised first so loudness does not count): mean and std
+over frames of 64 log-mel bands, 20 MFCCs, 7 spectral-contrast bands and five spectral shape descriptors (centroid,
+bandwidth, roll-off, flatness, zero-crossing rate), and the std of the MFCCs' frame-to-frame deltas, from one STFT
+(n_fft 2048, hop 512), over the frames within 60 dB of the loudest (so padding and pauses do not count).
+Classifier: standardised features into a multinomial logistic regression (scikit-learn, lbfgs, L2, balanced class
+weights), which is deterministic for a given training set.
 
 Training set: a seeded sample of at most ``max_clips`` train clips whose family is known (``family_of(meta)`` is
 not None), drawn round-robin over the families so that rare families are not crowded out. The fitted weights are
@@ -37,9 +38,10 @@ from training.data import load_split
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 N_FFT, HOP, N_MELS, N_MFCC, N_BANDS = 2048, 512, 64, 20, 6
 SILENT_RMS = 1e-4
+ACTIVE_DB_FLOOR = 1e-6  # frames more than 60 dB below the loudest are left out (padding, pauses)
 DEFAULT_MAX_CLIPS = 1500
 DEFAULT_SECONDS = 10.0
 C_REG = 1.0  # inverse L2 strength of the logistic regression
@@ -72,6 +74,11 @@ def clip_features(audio: np.ndarray, sr: int) -> np.ndarray:
         librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[:, : spec.shape[1]] * 10.0,
     ])
     frames = np.concatenate([mel_db, mfcc, contrast, shape])
+    energy = power.sum(axis=0)
+    keep = energy > ACTIVE_DB_FLOOR * energy.max() if energy.max() > 0 else np.ones(energy.shape, bool)
+    if keep.sum() < 2:
+        keep[:] = True
+    frames, delta = frames[:, keep], (delta[:, keep[1:]] if keep[1:].any() else delta)
     out = np.concatenate([frames.mean(axis=1), frames.std(axis=1), delta.std(axis=1)]).astype(np.float64)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -176,7 +183,10 @@ class InstrumentClassifier:
 
 
 def _fingerprint(data: Path, split: str, ids: list[str], seconds: float, sr: int) -> str:
-    h = hashlib.sha256(json.dumps([FEATURE_VERSION, C_REG, split, seconds, sr, ids]).encode())
+    """What a cached classifier was trained on: the feature version, settings, the split file's content (a
+    re-rendered dataset keeps its clip ids but not its metadata) and the sampled clip ids."""
+    h = hashlib.sha256((Path(data) / f"{split}.jsonl").read_bytes())
+    h.update(json.dumps([FEATURE_VERSION, C_REG, split, seconds, sr, ids]).encode())
     return h.hexdigest()[:16]
 
 

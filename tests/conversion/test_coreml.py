@@ -134,6 +134,10 @@ def test_manifest_hashes_every_package_and_asset(fp16_bundle, model):
     m = load_bundle(fp16_bundle, verify=False).manifest
     assert m["format"] == "coreml" and m["precision"] == "fp16" and m["bundle_version"] == 1
     assert m["tools"]["coremltools"] == ct.__version__ and m["tools"]["minimum_deployment_target"] == "macOS14"
+    assert m["gate"]["passed"] is None  # no Core ML predictions at export time, on any platform
+    if sys.platform != "darwin":
+        assert m["gate"]["status"] == "not verified on this platform"
+    assert not [p for p in fp16_bundle.parent.iterdir() if p.name.startswith(f".{fp16_bundle.name}.")]
     for name, entry in m["files"].items():
         assert sha256_path(fp16_bundle / entry["path"]) == entry["sha256"], name
     bundle = load_bundle(fp16_bundle, verify=False)
