@@ -30,7 +30,7 @@ from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_grap
 from conversion.parity import ParityError, report_parity, snr_db
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, sha256
 from melody_edge.errors import ConfigError
-from melody_edge.models.melody import MeLoDy
+from melody_edge.models.melody import MeLoDy, random_tokenizer
 from melody_edge.text import TextTokenizer, minilm_dir
 
 log = logging.getLogger("conversion.export")
@@ -204,6 +204,9 @@ def _assets(model: MeLoDy, folder: Path | None, stage: Path, files: dict[str, An
     files["text_tokenizer"] = {"path": "tokenizer.json"}
     if folder is not None and (folder / "tokenizer.npz").is_file():
         shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
+        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
+    elif folder is None:  # a random preset: the random tokenizer its DPD token features come from
+        random_tokenizer(model.cfg).save(stage / "semantic_tokenizer.npz")
         files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
 
 

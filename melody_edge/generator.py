@@ -536,16 +536,10 @@ def _torch_backend_random(name: str, device: str) -> Backend:
 
     _import_torch()
     from melody_edge.models.config import get_config
-    from melody_edge.models.melody import MeLoDy
-    from melody_edge.tokenizer import SemanticTokenizer
+    from melody_edge.models.melody import MeLoDy, random_tokenizer
 
     cfg = get_config(name)
-    rotations = 12 if cfg.controls.enabled and cfg.controls.key_rotation else 1
-    tokenizer = SemanticTokenizer.random(cfg.lm.vocab_size, seed=0, rotations=rotations)
-    model = MeLoDy.random(cfg)
-    if cfg.dpd.token_features:
-        model.dpd.set_token_features(tokenizer.token_features())
-    return TorchBackend(model, device, tokenizer)
+    return TorchBackend(MeLoDy.random(cfg), device, random_tokenizer(cfg))
 
 
 def _torch_backend_checkpoint(folder: Path, device: str) -> Backend:

@@ -39,6 +39,8 @@ def _power_above(x: np.ndarray, hz: float, sample_rate: int = 24_000) -> float:
 
 def test_shipped_bundle_parity_figures_pass_their_gates():
     bundle = load_bundle(ASSETS / "tiny-bundle")
+    gate = bundle.manifest.get("gate", {})
+    assert gate.get("passed") is True, gate  # and its figures still meet today's thresholds:
     for name in ("parity.json", "parity_fp32.json"):
         parity = json.loads((bundle.root / name).read_text())
         limits = THRESHOLDS[parity["precision"]]

@@ -36,7 +36,7 @@ from melody_edge.models.config import ModelConfig, get_config
 from melody_edge.models.melody import MeLoDy
 from melody_edge.tokenizer import SemanticTokenizer
 from training.data import load_split
-from training.tokenizer import tokenize_dataset
+from training.tokenizer import FINGERPRINT_KEY, tokenize_dataset, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -272,14 +272,20 @@ def load_audio(data: Path, rows: list[dict[str, Any]], samples: int) -> np.ndarr
 
 def load_tokens(data: Path, out: Path, split: str, rows: list[dict[str, Any]], n_tokens: int,
                 vocab: int) -> np.ndarray:
-    """Semantic tokens of ``rows`` (N, n_tokens) int64 from ``<data>/tokens_<split>.npz``; if that file is missing,
-    tokenize the split with ``<out>/tokenizer.npz`` first (and save the file)."""
+    """Semantic tokens of ``rows`` (N, n_tokens) int64 from ``<data>/tokens_<split>.npz``; if that file is missing
+    or was made by another tokenizer than ``<out>/tokenizer.npz`` (its recorded fingerprint differs), tokenize the
+    split with ``<out>/tokenizer.npz`` first (and save the file)."""
     path = Path(data) / f"tokens_{split}.npz"
+    tokenizer = SemanticTokenizer.load(Path(out) / "tokenizer.npz")
+    table = None
     if path.is_file():
         with np.load(path) as z:
             table = {k: z[k] for k in z.files}
-    else:
-        table = tokenize_dataset(SemanticTokenizer.load(Path(out) / "tokenizer.npz"), Path(data), split)
+        if str(table.pop(FINGERPRINT_KEY, "")) != tokenizer_fingerprint(tokenizer):
+            log.info("%s was made by another tokenizer; tokenizing %s again", path, split)
+            table = None
+    if table is None:
+        table = tokenize_dataset(tokenizer, Path(data), split)
     tokens = np.zeros((len(rows), n_tokens), dtype=np.int64)
     for i, row in enumerate(rows):
         t = table[Path(row["path"]).stem][:n_tokens]

@@ -368,7 +368,7 @@ def row_requests(row: str, items: list[Item], perm: np.ndarray, api: bool
         elif row == "shuffled":
             out.append((items[int(perm[i])].prompt, {}))
         elif row == "controls_dropped":
-            out.append((item.prompt, {}) if api else None)
+            out.append((item.prompt, {"read_controls": False}) if api else None)
         else:
             raise ValueError(f"unknown generation row {row!r}")
     return out

@@ -13,6 +13,7 @@ with ``--tokenize``, writes ``<data>/tokens_<split>.npz`` for each named split.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -195,6 +196,19 @@ def usage_report(tokenizer: SemanticTokenizer, raw: np.ndarray) -> dict[str, flo
     }
 
 
+FINGERPRINT_KEY = "__tokenizer_sha256__"  # the token cache records which tokenizer made it
+
+
+def tokenizer_fingerprint(tokenizer: SemanticTokenizer) -> str:
+    """sha256 of the arrays that decide the tokens (statistics, weights, codebook, rotations, filterbanks)."""
+    h = hashlib.sha256()
+    ex = tokenizer.extractor
+    for a in (tokenizer.mean, tokenizer.std, tokenizer.group_weights, tokenizer.centroids, ex.chroma_fb, ex.mel_fb,
+              np.array([tokenizer.rotations, ex.hop, ex.n_fft, ex.n_fft_short, ex.sample_rate])):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def tokenize_dataset(tokenizer: SemanticTokenizer, data_root: Path, split: str) -> dict[str, np.ndarray]:
     """Encode every ``<data_root>/<split>/*.wav`` and save ``<data_root>/tokens_<split>.npz`` (key: file stem).
 
@@ -209,7 +223,7 @@ def tokenize_dataset(tokenizer: SemanticTokenizer, data_root: Path, split: str) 
         raise InvalidInputError(f"no wav files in {Path(data_root) / split}")
     tokens = {p.stem: tokenizer.encode(load_audio(p, tokenizer.sample_rate)) for p in paths}
     out = Path(data_root) / f"tokens_{split}.npz"
-    np.savez_compressed(out, **tokens)
+    np.savez_compressed(out, **tokens, **{FINGERPRINT_KEY: np.array(tokenizer_fingerprint(tokenizer))})
     logger.info(
         "tokenized %d clips of %s (%d tokens) -> %s", len(tokens), split, sum(t.shape[0] for t in tokens.values()), out
     )
@@ -240,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not paths:
         raise InvalidInputError(f"no wav files in {args.data / 'train'}")
     extractor = build_extractor()
-    raw = extract_features(extractor, paths)
+    per_file = [extractor.extract(load_audio(p, extractor.sample_rate)) for p in paths]
+    raw = np.concatenate(per_file, axis=0)
     tokenizer = fit_from_features(extractor, raw, args.vocab, args.seed, args.max_frames, rotations=args.rotations)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(args.out)
@@ -262,7 +277,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     (args.out.parent / "tokenizer_report.json").write_text(json.dumps(report, indent=2) + "\n")
     for split in args.tokenize:
-        tokenize_dataset(tokenizer, args.data, split)
+        if split == "train":  # the features are in memory already
+            tokens = {p.stem: tokenizer.tokens_from_raw(f) for p, f in zip(paths, per_file, strict=True)}
+            np.savez_compressed(args.data / "tokens_train.npz", **tokens,
+                                **{FINGERPRINT_KEY: np.array(tokenizer_fingerprint(tokenizer))})
+        else:
+            tokenize_dataset(tokenizer, args.data, split)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ from melody_edge.models.vae import VAE
 CHECKPOINT_FORMAT = 1
 
 
+def random_tokenizer(cfg: ModelConfig):
+    """The unfitted semantic tokenizer of a random model (``debug``/``paper`` presets), seed 0."""
+    from melody_edge.tokenizer import SemanticTokenizer
+
+    rotations = 12 if cfg.controls.enabled and cfg.controls.key_rotation else 1
+    return SemanticTokenizer.random(cfg.lm.vocab_size, seed=0, rotations=rotations)
+
+
 class MeLoDy(nn.Module):
     """Container of the LM (+ text conditioner), the DPD and the VAE (encoder and decoder; no discriminators)."""
 
@@ -38,6 +46,8 @@ class MeLoDy(nn.Module):
                 for name, p in model.named_parameters():
                     if name.endswith("weight") and p.dim() > 1 and not p.any():
                         p.normal_(0.0, 0.02)
+            if cfg.dpd.token_features:  # the token features of the random tokenizer that goes with random models
+                model.dpd.set_token_features(random_tokenizer(cfg).token_features())
             return model
 
     def save(self, folder: str | Path, parts: tuple[str, ...] = ("lm", "dpd", "vae"),
