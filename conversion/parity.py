@@ -61,12 +61,13 @@ def snr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def report_parity(figures: dict[str, float], precision: str, stage: str = "bundle",
-                  reference: dict[str, float] | None = None) -> dict[str, Any]:
+                  reference: dict[str, float] | None = None, skipped: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check figures against the thresholds of ``precision`` and log each (against a reference precision's figure
-    when given). Returns ``{"precision", "figures", "thresholds", "passed", "failed"}``: ``passed`` is False when
-    any gate failed (``failed`` names them) or a gated figure is missing; the caller records it, then raises."""
+    when given). Returns ``{"precision", "figures", "thresholds", "passed", "failed", "skipped"}``: ``passed`` is
+    False when any gate failed (``failed`` names them) or a gated figure is missing and not in ``skipped`` (checks
+    the caller chose not to run, recorded as such); the caller records the result, then raises."""
     limits = THRESHOLDS[precision]
-    failed = [f"{key} missing" for key in limits if key not in figures]
+    failed = [f"{key} missing" for key in limits if key not in figures and key not in skipped]
     for key, value in figures.items():
         limit = limits.get(key)
         ref = f"{reference[key]:.4g} (fp32) -> " if reference and key in reference else ""
@@ -78,5 +79,6 @@ def report_parity(figures: dict[str, float], precision: str, stage: str = "bundl
             failed.append(f"{key}={value:.4g} (threshold {limit})")
     if failed:
         log.error("%s %s parity failed: %s", stage, precision, ", ".join(failed))
-    return {"precision": precision, "figures": figures, "thresholds": limits, "passed": not failed, "failed": failed}
+    return {"precision": precision, "figures": figures, "thresholds": limits, "passed": not failed, "failed": failed,
+            "skipped": list(skipped)}
 

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from melody_edge.errors import BundleError, InvalidInputError
 from melody_edge.tokenizer import FEATURE_DIM, FORMAT_VERSION, SemanticTokenizer
-from training.tokenizer import fit_tokenizer, main, tokenize_dataset
+from training.tokenizer import FINGERPRINT_KEY, fit_tokenizer, main, tokenize_dataset, tokenizer_fingerprint
 
 SR = 24_000
 HOP = 960
@@ -176,7 +176,8 @@ def test_tokenize_dataset_writes_tokens(tokenizer: SemanticTokenizer, data_root:
     tokens = tokenize_dataset(tokenizer, data_root, "train")
     assert sorted(tokens) == sorted(CLIPS)
     with np.load(data_root / "tokens_train.npz") as z:
-        assert sorted(z.files) == sorted(CLIPS)
+        assert sorted(z.files) == sorted([*CLIPS, FINGERPRINT_KEY])
+        assert str(z[FINGERPRINT_KEY]) == tokenizer_fingerprint(tokenizer)
         for clip_id, audio in CLIPS.items():
             np.testing.assert_array_equal(z[clip_id], tokenizer.encode(audio))
             np.testing.assert_array_equal(z[clip_id], tokens[clip_id])
@@ -211,3 +212,40 @@ def test_runtime_module_needs_numpy_only() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_rotating_tokenizer_transposes_exactly_by_remapping_ids(data_root: Path) -> None:
+    tok = fit_tokenizer(sorted((data_root / "train").glob("*.wav")), vocab_size=36, seed=0, rotations=12)
+    assert tok.vocab_size == 36 and tok.rotations == 12
+    sr = tok.sample_rate
+    t = np.arange(sr) / sr
+    for semitones in (1, 5, 11):
+        a = (0.3 * np.sin(2 * np.pi * 261.63 * t) + 0.2 * np.sin(2 * np.pi * 392.0 * t)).astype(np.float32)
+        f = 2 ** (semitones / 12)
+        b = (0.3 * np.sin(2 * np.pi * 261.63 * f * t) + 0.2 * np.sin(2 * np.pi * 392.0 * f * t)).astype(np.float32)
+        ta, tb = tok.encode(a), tok.encode(b)
+        assert (tok.rotate(ta, semitones) == tb)[2:-2].mean() > 0.9  # edges: windows half outside the signal
+        assert not (ta == tb)[2:-2].any()
+    feats = tok.token_features()
+    assert feats.shape == (36, 24)
+    base = np.arange(3) * 12
+    np.testing.assert_allclose(feats[base + 4, :12], np.roll(feats[base, :12], 4, axis=1))  # chroma rotates with r
+
+
+def test_token_cache_is_redone_for_another_tokenizer(tokenizer: SemanticTokenizer, data_root: Path,
+                                                      tmp_path: Path) -> None:
+    from training.common import load_tokens
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    tokenizer.save(out / "tokenizer.npz")
+    rows = [{"path": f"train/{k}.wav"} for k in sorted(CLIPS)]
+    first = load_tokens(data_root, out, "train", rows, 8, tokenizer.vocab_size)
+    other = fit_tokenizer(sorted((data_root / "train").glob("*.wav")), vocab_size=tokenizer.vocab_size, seed=1)
+    other.centroids = other.centroids[::-1].copy()
+    other._centroid_sq = np.einsum("kd,kd->k", other.centroids, other.centroids)
+    other.save(out / "tokenizer.npz")
+    again = load_tokens(data_root, out, "train", rows, 8, tokenizer.vocab_size)
+    with np.load(data_root / "tokens_train.npz") as z:
+        assert str(z[FINGERPRINT_KEY]) == tokenizer_fingerprint(SemanticTokenizer.load(out / "tokenizer.npz"))
+    assert not np.array_equal(first, again)

@@ -4,6 +4,7 @@ their checkpoint format: a folder with ``config.json`` + ``model.safetensors`` (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -60,9 +61,17 @@ class MeLoDy(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
                  if k.split(".")[0] in parts}
-        save_file(state, str(folder / "model.safetensors"))
         meta = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "parts": list(parts), **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2))
+        # each file under a temporary name, then renamed: an interrupted save leaves the previous file whole
+        tmp_w, tmp_c = folder / ".model.safetensors.tmp", folder / ".config.json.tmp"
+        try:
+            save_file(state, str(tmp_w))
+            tmp_c.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp_w, folder / "model.safetensors")
+            os.replace(tmp_c, folder / "config.json")
+        finally:
+            tmp_w.unlink(missing_ok=True)
+            tmp_c.unlink(missing_ok=True)
         return folder
 
     @classmethod

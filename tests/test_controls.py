@@ -1,0 +1,275 @@
+"""The controls parser and explicit values (melody_edge.controls), and the controls as model conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from melody_edge import Generator
+from melody_edge.controls import (
+    FAMILIES,
+    INSTRUMENTS,
+    METRES,
+    Controls,
+    beat_features,
+    control_ids,
+    estimate_key,
+    parse_controls,
+    resolve,
+)
+from melody_edge.errors import InvalidInputError
+
+# (prompt, tonic, mode, bpm, metre, instrument); None = the prompt does not say
+PHRASINGS = [
+    # keys in every common spelling
+    ("B-flat minor", 10, "minor", None, None, None),
+    ("Bb minor", 10, "minor", None, None, None),
+    ("b♭ minor", 10, "minor", None, None, None),
+    ("bb minor", 10, "minor", None, None, None),
+    ("B flat minor", 10, "minor", None, None, None),
+    ("Bbm", 10, "minor", None, None, None),
+    ("in F# major", 6, "major", None, None, None),
+    ("in F♯ major", 6, "major", None, None, None),
+    ("F sharp major", 6, "major", None, None, None),
+    ("C sharp minor", 1, "minor", None, None, None),
+    ("c# minor", 1, "minor", None, None, None),
+    ("C#m", 1, "minor", None, None, None),
+    ("E-flat", 3, "major", None, None, None),
+    ("Eb", 3, "major", None, None, None),
+    ("E flat major", 3, "major", None, None, None),
+    ("in e minor", 4, "minor", None, None, None),
+    ("in D", 2, "major", None, None, None),
+    ("in the key of G", 7, "major", None, None, None),
+    ("key of A minor", 9, "minor", None, None, None),
+    ("A minor", 9, "minor", None, None, None),
+    ("a minor", 9, "minor", None, None, None),
+    ("Am", 9, "minor", None, None, None),
+    ("G maj", 7, "major", None, None, None),
+    ("G min", 7, "minor", None, None, None),
+    ("A-flat major", 8, "major", None, None, None),
+    ("Ab major", 8, "major", None, None, None),
+    ("G# minor", 8, "minor", None, None, None),
+    ("D-flat major", 1, "major", None, None, None),
+    ("Gb major", 6, "major", None, None, None),
+    ("Cb major", 11, "major", None, None, None),
+    ("B major", 11, "major", None, None, None),
+    ("F minor", 5, "minor", None, None, None),
+    ("a sad tune in a minor key", None, "minor", None, None, None),
+    ("something in a major key", None, "major", None, None, None),
+    # tempo as numbers
+    ("120 bpm", None, None, 120.0, None, None),
+    ("at 96 BPM", None, None, 96.0, None, None),
+    ("96 beats per minute", None, None, 96.0, None, None),
+    ("tempo 72", None, None, 72.0, None, None),
+    ("tempo: 140", None, None, 140.0, None, None),
+    ("♩ = 100", None, None, 100.0, None, None),
+    ("q=88", None, None, 88.0, None, None),
+    ("84.5 bpm", None, None, 84.5, None, None),
+    ("at 60bpm", None, None, 60.0, None, None),
+    # tempo as words (the range's middle)
+    ("largo", None, None, 55.0, None, None),
+    ("adagio", None, None, 71.0, None, None),
+    ("andante", None, None, 92.0, None, None),
+    ("moderato", None, None, 114.0, None, None),
+    ("allegro", None, None, 144.0, None, None),
+    ("presto", None, None, 184.0, None, None),
+    ("very slow", None, None, 52.5, None, None),
+    ("slow", None, None, 68.0, None, None),
+    ("moderate", None, None, 114.0, None, None),
+    ("lively", None, None, 135.0, None, None),
+    ("fast", None, None, 154.0, None, None),
+    ("brisk", None, None, 135.0, None, None),
+    ("very fast", None, None, 184.0, None, None),
+    # metre
+    ("in 3/4", None, None, None, "3/4", None),
+    ("6/8 time", None, None, None, "6/8", None),
+    ("12/8", None, None, None, "12/8", None),
+    ("a waltz", None, None, None, "3/4", None),
+    ("a jig", None, None, None, "6/8", None),
+    ("common time", None, None, None, "4/4", None),
+    ("24/7 radio", None, None, None, None, None),
+    # instruments and synonyms
+    ("fiddle", None, None, None, None, "strings"),
+    ("on the keys", None, None, None, None, "piano"),
+    ("solo violin", None, None, None, None, "strings"),
+    ("cello duet", None, None, None, None, "strings"),
+    ("church organ", None, None, None, None, "organ"),
+    ("a harp", None, None, None, None, "plucked"),
+    ("acoustic guitar", None, None, None, None, "plucked"),
+    ("brass band", None, None, None, None, "brass"),
+    ("French horn", None, None, None, None, "brass"),
+    ("English horn", None, None, None, None, "woodwinds"),
+    ("flute and oboe", None, None, None, None, "woodwinds"),
+    ("alto sax", None, None, None, None, "saxophones"),
+    ("a choir", None, None, None, None, "voice"),
+    ("marimba", None, None, None, None, "mallets"),
+    ("harpsichord", None, None, None, None, "piano"),
+    # whole prompts
+    ("sad piano in A minor at 60 bpm", 9, "minor", 60.0, None, "piano"),
+    ("a calm piano waltz in D major", 2, "major", 70.0, "3/4", "piano"),
+    ("a moderate chorale for string ensemble in E-flat major, 4/4, 90 BPM", 3, "major", 90.0, "4/4", "strings"),
+    ("upbeat fiddle jig in D, 6/8", 2, "major", 130.0, "6/8", "strings"),
+    ("lullaby on the harp in G, ♩ = 66", 7, "major", 66.0, None, "plucked"),
+    ("slow dreamy strings, Eb major, around 70 beats per minute", 3, "major", 70.0, None, "strings"),
+    ("TRUMPET FANFARE IN B-FLAT MAJOR, 120 BPM", 10, "major", 120.0, None, "brass"),
+    # none at all
+    ("", None, None, None, None, None),
+    ("I am happy today", None, None, None, None, None),
+    ("ambient texture with rain", None, None, None, None, None),
+    ("music for a rainy afternoon", None, None, None, None, None),
+    # conflicting: the first mention wins, a number wins over a word
+    ("C major, no wait, D minor", 0, "major", None, None, None),
+    ("a slow piece at 150 bpm", None, None, 150.0, None, None),
+    ("piano then violin", None, None, None, None, "piano"),
+    ("3/4 or maybe 6/8", None, None, None, "3/4", None),
+]
+
+
+def test_there_are_at_least_80_phrasings() -> None:
+    assert len(PHRASINGS) >= 80
+
+
+@pytest.mark.parametrize(("prompt", "tonic", "mode", "bpm", "metre", "instrument"), PHRASINGS)
+def test_parser_reads_the_controls(prompt, tonic, mode, bpm, metre, instrument) -> None:
+    got = parse_controls(prompt)
+    assert (got.tonic, got.mode, got.metre, got.instrument) == (tonic, mode, metre, instrument), got
+    assert got.bpm == pytest.approx(bpm) if bpm is not None else got.bpm is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_parser_never_raises_on_arbitrary_unicode(text: str) -> None:
+    got = parse_controls(text)
+    assert isinstance(got, Controls)
+    assert got.bpm is None or 20 <= got.bpm <= 400
+    assert got.instrument is None or got.instrument in FAMILIES
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.none(), st.integers(), st.floats(), st.binary(), st.lists(st.text())))
+def test_parser_takes_any_value(value) -> None:
+    assert parse_controls(value) == Controls()
+
+
+def test_parser_survives_surrogates_and_huge_text() -> None:
+    assert parse_controls("\ud800 piano in A minor \udfff").key == "A minor"
+    assert parse_controls("la " * 100_000 + "in D major").tonic is None  # only the first 10,000 characters count
+    assert parse_controls("in D major " + "la " * 100_000).key == "D major"
+
+
+def test_explicit_values_override_the_prompt() -> None:
+    got = resolve("sad piano in A minor at 60 bpm", key="D major", bpm=120, instrument="fiddle", metre="6/8")
+    assert (got.key, got.bpm, got.instrument, got.metre) == ("D major", 120.0, "strings", "6/8")
+    assert resolve("in A minor", bpm=72).key == "A minor"  # what is not overridden comes from the text
+    assert resolve("in A minor", key="Bb").key == "B-flat major"
+
+
+@pytest.mark.parametrize(("kwargs", "listed"), [
+    ({"bpm": 0}, "30, 300"), ({"bpm": 10_000}, "30, 300"), ({"bpm": float("nan")}, "30, 300"),
+    ({"bpm": "fast"}, "number"), ({"bpm": True}, "number"),
+    ({"key": "H major"}, "tonic A-G"), ({"key": "major"}, "tonic A-G"), ({"key": 5}, "string"),
+    ({"metre": "3/5"}, "4/4"), ({"metre": 34}, "4/4"),
+    ({"instrument": "theremin"}, "strings"), ({"instrument": 3}, "strings"),
+])
+def test_invalid_explicit_values_raise_listing_what_is_accepted(kwargs, listed) -> None:
+    with pytest.raises(InvalidInputError, match=listed):
+        resolve("anything", **kwargs)
+
+
+def test_vocabulary_is_consistent() -> None:
+    assert set(INSTRUMENTS.values()) == set(FAMILIES)
+    assert len(set(METRES)) == len(METRES)
+    ids = control_ids(Controls(), key_rotation=True)
+    assert ids == {"key": 2, "bpm": 0.0, "metre": len(METRES), "family": len(FAMILIES)}
+    assert control_ids(parse_controls("in B minor"), key_rotation=False)["key"] == 23
+
+
+def test_beat_features_follow_the_tempo() -> None:
+    f = beat_features(50, 0.0, 120.0)  # 2 beats a second = one beat every 12.5 tokens
+    np.testing.assert_allclose(f[0], [0, 1, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(f[25], [0, 1, 0, 1], atol=1e-5)  # two beats later
+    np.testing.assert_allclose(beat_features(10, 5.0, 120.0), f[5:15], atol=1e-5)  # a later start continues it
+    assert not beat_features(10, 0.0, None).any()
+
+
+def test_estimate_key_reads_scales() -> None:
+    major = np.zeros(12)
+    major[[0, 2, 4, 5, 7, 9, 11]] = 1.0
+    major[[0, 4, 7]] += 1.0
+    for tonic in range(12):
+        assert estimate_key(np.roll(major, tonic)) == (tonic, "major")
+
+
+# --- the controls as conditions of the debug model --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gen() -> Generator:
+    return Generator("debug")
+
+
+def _next_token_logits(gen: Generator, prompt: str, controls: Controls) -> np.ndarray:
+    from melody_edge.generator import GenerationStats
+
+    prefix = gen._prefix(prompt, controls, 1.0, GenerationStats())
+    beat = beat_features(1, 0.0, controls.bpm)[None]
+    logits, _ = gen.backend.lm_prefill(prefix, np.zeros((1, 0), np.int64), beat)
+    return logits[0]
+
+
+@pytest.mark.parametrize("control", [Controls(mode="minor"), Controls(bpm=150.0), Controls(metre="3/4"),
+                                     Controls(instrument="brass")])
+def test_each_control_changes_the_lms_next_token_distribution(gen: Generator, control: Controls) -> None:
+    base = _next_token_logits(gen, "a piece", Controls())
+    assert np.abs(_next_token_logits(gen, "a piece", control) - base).max() > 1e-4
+
+
+def test_dropping_every_control_is_the_text_only_path(gen: Generator) -> None:
+    import torch
+
+    ids, mask = gen._text_tokenizer()(["a piece in A minor"])
+    be = gen.backend
+    with torch.inference_mode():
+        states = be.text_encoder(torch.from_numpy(ids), torch.from_numpy(mask))
+        cond = be.model.lm.cond
+        text_only = cond.with_controls(cond.text_prefix(states, torch.from_numpy(mask)), None).numpy()
+    absent = {k: np.array([v], dtype=np.float32 if k == "bpm" else np.int64)
+              for k, v in control_ids(Controls(), key_rotation=True).items()}
+    np.testing.assert_allclose(be.encode_text(ids, mask, absent), text_only, atol=1e-6)
+    via_generator = _next_token_logits(gen, "a piece in A minor", resolve("a piece in A minor", key=None))
+    via_no_controls = _next_token_logits(gen, "a piece in A minor", Controls())
+    assert np.abs(via_generator - via_no_controls).max() > 1e-4  # the parsed key is not the text-only path
+
+
+def test_results_carry_the_controls_they_used(gen: Generator) -> None:
+    a = gen.generate("a waltz in B-flat minor at 90 bpm for violin", seconds=0.7, seed=0, bpm=100)
+    assert (a.controls.key, a.controls.bpm, a.controls.metre, a.controls.instrument) == \
+        ("B-flat minor", 100.0, "3/4", "strings")
+    assert gen.controls("a waltz in B-flat minor", instrument="keys") == Controls(
+        tonic=10, mode="minor", bpm=None, metre="3/4", instrument="piano")
+    chunks = list(gen.stream("sad piano", seconds=0.7, seed=1, key="A minor"))
+    assert all(c.controls.key == "A minor" and c.controls.instrument == "piano" for c in chunks)
+    quiet = gen.generate("a waltz in B-flat minor", seconds=0.7, seed=0, read_controls=False)
+    assert quiet.controls == Controls()
+
+
+def test_the_asked_tonic_rotates_the_dpds_tokens(gen: Generator, monkeypatch) -> None:
+    seen = []
+    real = gen.backend.dpd
+    monkeypatch.setattr(gen.backend, "dpd", lambda z, a, t: (seen.append(t[0].copy()), real(z, a, t))[1])
+    gen.generate("a piece", seconds=0.7, seed=3, key="C major", steps=1)
+    in_c = seen[-1]
+    gen.generate("a piece", seconds=0.7, seed=3, key="E major", steps=1)
+    in_e = seen[-1]
+    np.testing.assert_array_equal(in_e % 12, (in_c % 12 + 4) % 12)  # same music, four semitones up
+    np.testing.assert_array_equal(in_e // 12, in_c // 12)
+
+
+def test_explicit_controls_are_validated_by_the_generator(gen: Generator) -> None:
+    with pytest.raises(InvalidInputError, match="30, 300"):
+        gen.generate("a piece", seconds=0.5, bpm=0)
+    with pytest.raises(InvalidInputError, match="tonic"):
+        gen.controls("a piece", key="H major")
+    with pytest.raises(InvalidInputError, match="families|family"):
+        list(gen.stream("a piece", seconds=0.5, instrument="kazoo-synth"))
