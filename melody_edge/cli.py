@@ -46,6 +46,11 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--key", default=None, help='key, overriding the prompt\'s: "A minor", "Bb major", "F#m"')
+    p.add_argument("--bpm", type=float, default=None, help="tempo in beats per minute (30-300), overriding the prompt")
+    p.add_argument("--metre", "--meter", dest="metre", default=None, help='time signature such as "3/4" or "6/8"')
+    p.add_argument("--instrument", default=None,
+                   help="instrument or family (piano, organ, strings, fiddle, brass, flute, choir, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -75,7 +80,8 @@ class _Bar:
 
 def _kwargs(a: argparse.Namespace) -> dict:
     return {"seed": a.seed, "steps": a.steps, "guidance": a.guidance, "lm_guidance": a.lm_guidance,
-            "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
+            "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "key": a.key, "bpm": a.bpm,
+            "metre": a.metre, "instrument": a.instrument}
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
@@ -94,7 +100,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     except OutputPathError as e:
         raise _WriteFailed(str(e)) from e
     s = audio.stats
-    print(f"wrote {out} ({audio.seconds:.2f} s) in {s.total_seconds:.2f} s, RTF {s.rtf:.3f}, "
+    print(f"wrote {out} ({audio.seconds:.2f} s; {audio.controls}) in {s.total_seconds:.2f} s, RTF {s.rtf:.3f}, "
           f"passes {s.passes}", file=sys.stderr)
     return 0
 

@@ -201,8 +201,8 @@ def _parse_key(text: str) -> tuple[int | None, str | None]:
             mode = "major"
         else:
             continue
-        if letter == "a" and not acc.strip() and (
-                (not pre and mode_w not in ("minor", "major")) or re.match(r"[\s-]*(?:key|mode|tonality)\b", text[m.end():], re.I)):
+        key_word = re.match(r"[\s-]*(?:key|mode|tonality)\b", text[m.end():], re.I)
+        if letter == "a" and not acc.strip() and ((not pre and mode_w not in ("minor", "major")) or key_word):
             continue  # "a min...", "a minor key" in lower case read as the article
         return _tonic_pc(letter, acc), mode
     m = _MODE_ONLY_RE.search(text)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from melody_edge.audio import Audio
-from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, resolve
 from melody_edge.backends import BACKENDS, Backend
+from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, resolve
 from melody_edge.errors import BundleError, ConfigError, InvalidInputError
 from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
 from melody_edge.text import TextTokenizer, clean_prompt, default_tokenizer

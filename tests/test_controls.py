@@ -273,3 +273,17 @@ def test_explicit_controls_are_validated_by_the_generator(gen: Generator) -> Non
         gen.controls("a piece", key="H major")
     with pytest.raises(InvalidInputError, match="families|family"):
         list(gen.stream("a piece", seconds=0.5, instrument="kazoo-synth"))
+
+
+def test_cli_takes_the_controls(tmp_path, capsys) -> None:
+    from melody_edge.cli import main
+
+    out = tmp_path / "x.wav"
+    assert main(["generate", "sad piano", "--preset", "debug", "--key", "A minor", "--bpm", "72", "--metre", "3/4",
+                 "--seconds", "0.5", "--seed", "0", "--quiet", "-o", str(out)]) == 0
+    assert "A minor, 72 BPM, 3/4, piano" in capsys.readouterr().err
+    assert out.is_file()
+    assert main(["generate", "x", "--preset", "debug", "--key", "H major", "--seconds", "0.5", "-o",
+                 str(tmp_path / "y.wav")]) == 2
+    assert "tonic A-G" in capsys.readouterr().err
+    assert not (tmp_path / "y.wav").exists()

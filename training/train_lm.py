@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
-
-import numpy as np
 
 from melody_edge.controls import beat_features, control_ids
 from melody_edge.models.config import ModelConfig
