@@ -53,9 +53,10 @@ def test_lm_step(benchmark, generators, backend):
     c = be.config
     prefix = be.null_prefix(1)
     tokens = np.zeros((1, c.window_tokens // 2), np.int64)
-    _, cache = be.lm_prefill(prefix, tokens)
+    beat = np.zeros((1, tokens.shape[1] + 1, c.controls.beat_dim), np.float32) if c.controls.enabled else None
+    _, cache = be.lm_prefill(prefix, tokens, beat)
     pos = prefix.shape[1] + tokens.shape[1]
-    logits, _ = benchmark(be.lm_step, np.zeros(1, np.int64), pos, cache)
+    logits, _ = benchmark(be.lm_step, np.zeros(1, np.int64), pos, cache, None if beat is None else beat[:, -1])
     assert logits.shape == (1, c.lm.vocab_size) and np.isfinite(logits).all()
 
 

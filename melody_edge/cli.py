@@ -1,4 +1,6 @@
-"""``melody-edge`` command line: ``generate``, ``stream``, ``info`` and ``verify``, mirroring the Python API.
+"""``melody-edge`` command line: ``generate``, ``stream``, ``continue``, ``inpaint``, ``info`` and ``verify``,
+mirroring the Python API. ``stream -o -`` writes audio to stdout as it is made (an open-length WAV, or ``--raw``
+s16le) for a player to read live; ``--steer-stdin`` and ``--script`` change the prompt while it plays.
 
 Exit status: 0 done; 1 a runtime error (bad bundle, missing backend, failed write, an unexpected error); 2 a usage
 error (bad arguments, prompt or output path); 130 interrupted by Ctrl-C; 143 terminated (SIGTERM). Errors are one
@@ -12,8 +14,11 @@ import json
 import logging
 import os
 import signal
+import struct
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,10 @@ class _WriteFailed(MelodyEdgeError):
     """Writing the result failed after the work was done (disk full, ...): a runtime error, exit 1."""
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
+def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
     p.add_argument("prompt", help="text description of the music")
-    p.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.wav, .flac or .ogg)" + ("; '-' writes to stdout" if stdout else ""))
     p.add_argument("--preset", "--bundle", dest="bundle", default="tiny",
                    help="'tiny' (bundled model), 'debug', 'paper', or a checkpoint folder")
     p.add_argument("--backend", default="auto", help="auto | torch")
@@ -95,6 +101,10 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         audio = gen.generate(a.prompt, a.seconds, progress=bar, **_kwargs(a))
     finally:
         bar.close()
+    return _save(audio, out)
+
+
+def _save(audio: Any, out: Path) -> int:
     try:
         audio.save(out)
     except OutputPathError as e:
@@ -105,6 +115,36 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_continue(a: argparse.Namespace) -> int:
+    from melody_edge import Audio, Generator
+    from melody_edge.audio import check_output_path
+
+    out = check_output_path(a.output)
+    audio = Audio.load(a.input)  # a missing or unreadable input is a usage error, found before the model loads
+    gen = Generator(a.bundle, a.backend)
+    bar = _Bar(not a.quiet)
+    try:
+        result = gen.continue_audio(audio, a.prompt, a.seconds, progress=bar, **_kwargs(a))
+    finally:
+        bar.close()
+    return _save(result, out)
+
+
+def _cmd_inpaint(a: argparse.Namespace) -> int:
+    from melody_edge import Audio, Generator
+    from melody_edge.audio import check_output_path
+
+    out = check_output_path(a.output)
+    audio = Audio.load(a.input)
+    gen = Generator(a.bundle, a.backend)
+    bar = _Bar(not a.quiet)
+    try:
+        result = gen.inpaint(audio, a.start, a.end, a.prompt, progress=bar, **_kwargs(a))
+    finally:
+        bar.close()
+    return _save(result, out)
+
+
 def _cmd_stream(a: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
@@ -112,10 +152,30 @@ def _cmd_stream(a: argparse.Namespace) -> int:
     from melody_edge import Generator
     from melody_edge.audio import _umask, check_output_path
 
-    out = check_output_path(a.output)
+    to_stdout = a.output == "-"
+    if a.raw and not to_stdout:
+        raise InvalidInputError("--raw writes headerless s16le to stdout; use it with -o -")
+    if to_stdout and sys.stdout.isatty():
+        raise InvalidInputError("-o - writes audio to stdout, which is a terminal; pipe it into a player "
+                                "(| ffplay -nodisp -, | aplay, | play -) or give a file name")
+    if a.steer_stdin and sys.stdin.isatty():
+        print("--steer-stdin: type a new prompt and press Enter to steer the music", file=sys.stderr)
+    script = _read_script(a.script) if a.script else []
+    out = None if to_stdout else check_output_path(a.output)
     gen = Generator(a.bundle, a.backend)
+    for _, prompt in script:  # every scripted prompt is checked before any work
+        gen.controls(prompt)
     bar = _Bar(not a.quiet)
-    chunks = gen.stream(a.prompt, seconds=a.seconds, progress=bar, **_kwargs(a))  # checks arguments first
+    stream = gen.stream(a.prompt, seconds=a.seconds, progress=bar, **_kwargs(a))  # checks arguments first
+    if a.steer_stdin:
+        threading.Thread(target=_steer_from_stdin, args=(stream,), daemon=True).start()
+    chunks = _steered(stream, script)
+    if out is None:
+        try:
+            return _stream_to_stdout(chunks, a.raw, gen.sample_rate)
+        finally:
+            bar.close()
+            stream.close()
     try:
         fd, tmp = tempfile.mkstemp(prefix=".melody-edge-", suffix=out.suffix, dir=out.parent)
     except OSError as e:
@@ -147,6 +207,122 @@ def _cmd_stream(a: argparse.Namespace) -> int:
     return 0
 
 
+def _read_script(path: str) -> list[tuple[float, str]]:
+    """``--script`` lines ``SECONDS PROMPT`` (blank lines and ``#`` comments skipped), sorted by time."""
+    from melody_edge.text import clean_prompt
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"cannot read --script {path!r}: {e}") from e
+    script = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        head, _, prompt = line.strip().partition(" ")
+        try:
+            t = float(head)
+        except ValueError:
+            t = float("nan")
+        if not t >= 0 or t == float("inf"):
+            raise InvalidInputError(f"{path}:{n}: expected 'SECONDS PROMPT' with SECONDS a number >= 0, got {line!r}")
+        try:
+            script.append((t, clean_prompt(prompt)))
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{path}:{n}: {e}") from None
+    return sorted(script, key=lambda e: e[0])
+
+
+def _steered(stream: Any, script: list[tuple[float, str]]) -> Iterator[Any]:
+    """The stream's chunks; steered when the song reaches each scripted time (at the next chunk boundary), with a
+    line on stderr whenever the prompt that made the chunks changes."""
+    done, i, last = 0.0, 0, stream.prompt
+    while True:
+        while i < len(script) and script[i][0] <= done + 1e-9:
+            stream.steer(script[i][1])
+            i += 1
+        chunk = next(stream, None)
+        if chunk is None:
+            return
+        if chunk.prompt != last:
+            print(f"{done:.2f} s: steered to {chunk.prompt!r} ({chunk.controls})", file=sys.stderr)
+            last = chunk.prompt
+        done += chunk.seconds
+        yield chunk
+
+
+def _steer_from_stdin(stream: Any) -> None:
+    """Steer the stream with each non-empty line of stdin until EOF (a thread; reads the raw fd so that no Python
+    stream lock is held when the interpreter exits)."""
+    buf = b""
+    while True:
+        try:
+            data = os.read(sys.stdin.fileno(), 4096)
+        except (OSError, ValueError):
+            return
+        if not data:
+            lines, buf = [buf], b""
+        else:
+            *lines, buf = (buf + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                stream.steer(line)
+            except InvalidInputError as e:
+                print(f"error: {e}; the music goes on with the current prompt", file=sys.stderr)
+        if not data:
+            return
+
+
+WAV_OPEN_LENGTH = 0xFFFFFFFF  # RIFF and data sizes of a WAV of unknown length, as ffmpeg writes to a pipe
+
+
+def _wav_header(sample_rate: int) -> bytes:
+    """A 44-byte PCM s16le mono WAV header whose lengths say "unknown": readers play until EOF."""
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, 2 * sample_rate, 2, 16)
+    return (b"RIFF" + struct.pack("<I", WAV_OPEN_LENGTH) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"data" + struct.pack("<I", WAV_OPEN_LENGTH))
+
+
+def _s16le(samples: Any) -> bytes:
+    import numpy as np
+
+    # the same rounding as libsndfile's float -> PCM_16 (lrintf(x * 0x7FFF)): a piped stream decodes to the file's
+    return np.rint(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def _stream_to_stdout(chunks: Iterator[Any], raw: bool, sample_rate: int) -> int:
+    """Write the chunks to stdout as they come; the reader closing the pipe ends the stream with exit 0."""
+    out = sys.stdout.buffer
+    written = 0.0
+    try:
+        try:
+            if not raw:
+                out.write(_wav_header(sample_rate))
+            for chunk in chunks:
+                out.write(_s16le(chunk.samples))
+                out.flush()
+                written += chunk.seconds
+                print(f"{written:.2f} s streamed (chunk RTF {chunk.stats.rtf:.3f})", file=sys.stderr)
+        except BrokenPipeError:
+            _stdout_to_devnull()  # nothing more can reach the reader; the exit flush must not fail again
+            print(f"the reader closed the pipe; stopped after {written:.2f} s", file=sys.stderr)
+            return 0
+    except (KeyboardInterrupt, Terminated):
+        print(f"streamed {written:.2f} s to stdout", file=sys.stderr)
+        raise
+    print(f"streamed {written:.2f} s to stdout", file=sys.stderr)
+    return 0
+
+
+def _stdout_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _soundfile(sf: Any, tmp: str, out: Path, sample_rate: int) -> Any:
     from melody_edge.audio import SUPPORTED_EXTENSIONS
 
@@ -174,10 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(g)
     g.add_argument("--seconds", type=float, default=10.0, help="duration (default 10, max 600)")
     g.set_defaults(func=_cmd_generate)
-    s = sub.add_parser("stream", help="stream chunks into a file as they are made (Ctrl-C stops, keeps the file)")
-    _sampling_args(s)
+    s = sub.add_parser("stream", help="stream chunks into a file or a player as they are made (Ctrl-C stops, keeps "
+                                      "the file)")
+    _sampling_args(s, stdout=True)
     s.add_argument("--seconds", type=float, default=None, help="duration (default: endless until Ctrl-C)")
+    s.add_argument("--raw", action="store_true", help="with -o -: headerless s16le mono at 24 kHz instead of WAV")
+    s.add_argument("--steer-stdin", action="store_true",
+                   help="each line read from stdin becomes the prompt from the next chunk on")
+    s.add_argument("--script", default=None, metavar="FILE",
+                   help="lines 'SECONDS PROMPT': follow PROMPT from the first chunk at or after SECONDS of music")
     s.set_defaults(func=_cmd_stream)
+    c = sub.add_parser("continue", help="continue an audio file, following a prompt")
+    c.add_argument("input", help="audio file to continue (any rate and channel count)")
+    _sampling_args(c)
+    c.add_argument("--seconds", type=float, default=10.0, help="seconds to add (default 10, max 600)")
+    c.set_defaults(func=_cmd_continue)
+    n = sub.add_parser("inpaint", help="regenerate a region of an audio file, keeping the audio around it")
+    n.add_argument("input", help="audio file (any rate and channel count)")
+    n.add_argument("--start", type=float, required=True, help="region start in seconds")
+    n.add_argument("--end", type=float, required=True, help="region end in seconds")
+    _sampling_args(n)
+    n.set_defaults(func=_cmd_inpaint)
     i = sub.add_parser("info", help="describe the model")
     i.add_argument("--preset", "--bundle", dest="bundle", default="tiny")
     i.add_argument("--backend", default="auto")

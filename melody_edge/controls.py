@@ -148,8 +148,9 @@ _KEY_RE = re.compile(
     re.IGNORECASE)
 _MODE_ONLY_RE = re.compile(r"\b(major|minor)[\s-]+(?:key|mode|tonality)\b", re.IGNORECASE)
 _BPM_RES = (
-    re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)\s*(?:bpm|b\.p\.m\.?|beats?\s*(?:per|a|/)\s*min(?:ute)?s?)\b",
+    re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)\s*-?\s*(?:bpm|b\.p\.m\.?|beats?\s*(?:per|a|/)\s*min(?:ute)?s?)\b",
                re.IGNORECASE),
+    re.compile(r"\bbpm\s*[:=]?\s*(\d{1,3}(?:\.\d+)?)(?![\d/])", re.IGNORECASE),
     re.compile(r"\btempo\s*(?:of|at|=|:|is)?\s*(\d{1,3}(?:\.\d+)?)(?![\d/])", re.IGNORECASE),
     re.compile(r"(?:♩|𝅘𝅥|\bq|\bquarter(?:[\s-]*note)?|\bmm|\bm\.m\.)\s*=\s*(\d{1,3}(?:\.\d+)?)", re.IGNORECASE),
 )
@@ -209,7 +210,36 @@ def _parse_key(text: str) -> tuple[int | None, str | None]:
     return (None, m.group(1).lower()) if m else (None, None)
 
 
+_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                     "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
+_NUMBER_WORDS_RE = re.compile(
+    r"\b((?:(?:one|a)\s+hundred(?:\s+and)?[\s-]*)?(?:(?:" + "|".join(_TENS) + r")(?:[\s-]+(?:" +
+    "|".join(list(_UNITS)[1:10]) + r"))?|" + "|".join(_UNITS) + r")?)\s*-?\s*(?:bpm|beats?\s+(?:per|a)\s+minute)\b",
+    re.IGNORECASE)
+
+
+def _words_to_number(words: str) -> int | None:
+    total = 0
+    words, hundreds = re.subn(r"^\s*(?:one|a)\s+hundred(?:\s+and)?", "", words.lower())
+    total += 100 * hundreds
+    for w in re.split(r"[\s-]+", words):
+        if w in ("hundred",):
+            total += 100
+        elif w in _TENS:
+            total += _TENS[w]
+        elif w in _UNITS:
+            total += _UNITS[w]
+        elif w not in ("a", "one", "and", ""):
+            return None
+    return total or None
+
+
 def _parse_bpm(text: str) -> float | None:
+    for m in _NUMBER_WORDS_RE.finditer(text):
+        value = _words_to_number(m.group(1)) if m.group(1).strip() else None
+        if value is not None and BPM_LIMITS[0] <= value <= BPM_LIMITS[1]:
+            return float(value)
     for pattern in _BPM_RES:
         for m in pattern.finditer(text):
             value = float(m.group(1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class _Settings:
 MIN_SECONDS = 0.04  # one 40 ms semantic token frame (25 Hz): the shortest piece the model can make
 MAX_STREAM_SECONDS = 366 * 86_400.0  # a year; stream(seconds=None) is the way to stream without end
 MAX_SEED = 2**64 - 1
+INPAINT_GRANULARITY_SECONDS = MIN_SECONDS  # inpaint() widens its region to whole 40 ms token frames
+INPAINT_CROSSFADE_SECONDS = 0.02  # ... and fades the new audio in and out over 20 ms inside that region
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
 
@@ -145,6 +148,30 @@ def prompt_memory_bytes(n_samples: int, sample_rate: int, target_rate: int) -> i
     (8 B per input sample) and the prompt's copy in the result (4 B per output sample)."""
     n_out = round(n_samples * target_rate / sample_rate)
     return 32 * n_out + 8 * n_samples
+
+
+def _check_region(start: object, end: object, seconds: float, c: Any) -> tuple[int, int]:
+    """The token frames [a, b) that cover the region [start, end] of audio ``seconds`` long, or InvalidInputError."""
+    for name, v in (("start", start), ("end", end)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise InvalidInputError(f"{name} must be a finite number of seconds, got {v!r}")
+    start, end = float(start), float(end)
+    if end <= start:
+        raise InvalidInputError(f"the region must have end > start, got start={start} and end={end}")
+    if start < 0 or end > seconds + 1e-9:
+        raise InvalidInputError(f"the region [{start}, {end}] s is outside the audio, which is {seconds:.3f} s long")
+    if end - start < INPAINT_GRANULARITY_SECONDS - 1e-9:
+        raise InvalidInputError(f"the region is {end - start:.4f} s long, shorter than one "
+                                f"{INPAINT_GRANULARITY_SECONDS * 1000:.0f} ms token frame; make it longer")
+    spt = c.sample_rate // c.token_rate
+    a = int(math.floor(start * c.sample_rate / spt + 1e-9))
+    b = int(math.ceil(end * c.sample_rate / spt - 1e-9))
+    longest = c.window_tokens - c.chunk_tokens
+    if b - a > longest:
+        raise InvalidInputError(f"the region covers {b - a} token frames ({(b - a) / c.token_rate:.2f} s); at most "
+                                f"{longest} ({longest / c.token_rate:.2f} s, one window less one chunk) fit in one "
+                                "call: inpaint a longer stretch in several calls")
+    return a, b
 
 
 def _check_audio_prompt(audio: object, target_rate: int) -> None:
@@ -267,12 +294,15 @@ class Generator:
                read_controls: bool = True, steps: int | None = None, guidance: float | None = None,
                lm_guidance: float | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               schedule: str = "paper", progress: Progress | None = None) -> Iterator[Audio]:
+               schedule: str = "paper", progress: Progress | None = None) -> Stream:
         """Yield music chunk by chunk (``chunk_seconds`` each, the last one may be shorter) with constant memory.
 
         ``seconds=None`` streams forever (MeLoDy's Algorithm 2: drop the oldest chunk, append noise, the LM writes
-        the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk and
-        ``.controls``. Controls as in ``generate``.
+        the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk,
+        ``.controls`` and ``.prompt`` (the cleaned prompt that made it). Controls as in ``generate``.
+
+        Returns a ``Stream``: an iterator of ``Audio`` chunks whose prompt can be changed between chunks with
+        ``Stream.steer("a stormy string tremolo in D minor")``.
         """
         _check_args(prompt, seed, top_k, top_p, progress, schedule, stream_seconds=seconds)
         if seconds is not None:
@@ -280,7 +310,7 @@ class Generator:
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
-        return self._segments(text, ctl, seconds, settings, seed, progress, self.config.chunk_tokens)
+        return Stream(self, text, ctl, seconds, settings, seed, progress)
 
     def continue_audio(self, audio: Audio, prompt: str, seconds: float = 10.0, *, seed: int | None = None,
                        key: str | None = None, bpm: float | None = None, metre: str | None = None,
@@ -326,6 +356,97 @@ class Generator:
             state.update(tokens=rotate_tokens(tokens, -tonic), tonic=tonic)
         pieces = _collect(self._segments(text, ctl, seconds, settings, seed, progress, c.chunk_tokens, state), stats)
         return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats, ctl)
+
+    def inpaint(self, audio: Audio, start: float, end: float, prompt: str, *, seed: int | None = None,
+                key: str | None = None, bpm: float | None = None, metre: str | None = None,
+                instrument: str | None = None, read_controls: bool = True, steps: int | None = None,
+                guidance: float | None = None, lm_guidance: float | None = None, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
+                progress: Progress | None = None) -> Audio:
+        """Regenerate ``audio`` from ``start`` to ``end`` seconds following ``prompt``; the audio around the region
+        is kept (MeLoDy's per-chunk angles: the known frames on both sides stay at angle 0 while the region's frames
+        are denoised from pi/2, so the DPD fits the new music between them).
+
+        Granularity: the region is widened to whole 40 ms token frames (``INPAINT_GRANULARITY_SECONDS``); the new
+        audio is crossfaded in over ``INPAINT_CROSSFADE_SECONDS`` (20 ms) at each edge *inside* that widened region.
+        Every sample more than 40 ms outside ``[start, end]`` (in fact every sample outside the widened region) is
+        the input's, bit for bit. The LM writes the region's tokens after up to one window of left context; up to
+        one chunk of right context is given to the DPD. The region may be at most ``window - chunk`` tokens long
+        (7.68 s for tiny); inpaint longer stretches in several calls.
+
+        Args:
+            audio: any sample rate (resampled with a real resampler to ``sample_rate``), mono (``Audio.load``
+                averages channels).
+            start, end: the region in seconds, ``0 <= start < end <= audio.seconds``, at least one token frame.
+            prompt and the other arguments: as in ``generate``. With a transposition-equivariant model and no key
+                given, the region keeps the key estimated from the surrounding audio's tokens.
+
+        Returns:
+            ``Audio`` at ``sample_rate`` with the input's length (after resampling).
+
+        Raises:
+            InvalidInputError: a bad region (end <= start, outside the audio, shorter than one token frame or longer
+                than ``window - chunk`` tokens) or a bad audio prompt.
+        """
+        _check_args(prompt, seed, top_k, top_p, progress, schedule)
+        _check_audio_prompt(audio, self.config.sample_rate)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        text = clean_prompt(prompt)
+        ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
+        if self.backend.semantic_tokenizer is None:
+            raise BundleError("this model has no semantic tokenizer (tokenizer.npz), so it cannot inpaint audio")
+        if not np.isfinite(audio.samples).all():
+            raise InvalidInputError("audio contains NaN or inf samples")
+        c = self.config
+        spt, fpt, hop = c.sample_rate // c.token_rate, c.frames_per_token, c.vae.hop
+        x = audio.resample(c.sample_rate).samples
+        a, b = _check_region(start, end, len(x) / c.sample_rate, c)  # token frames [a, b)
+        n_all = -(-len(x) // spt)
+        xp = np.pad(x, (0, n_all * spt - len(x)))  # a last partial token frame is encoded with zeros after it
+        n = b - a
+        right = min(c.chunk_tokens, n_all - b)
+        left = min(a, c.window_tokens - n - right)
+        w0, w1 = a - left, b + right
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        win = xp[w0 * spt: w1 * spt]
+        z = self.backend.vae_encode(win[None])[0][: (w1 - w0) * fpt]  # (tokens * fpt, C)
+        tokens = self.backend.semantic_tokenizer.encode(win)[: w1 - w0].astype(np.int64)
+        stats.passes["vae"] += 1
+        stats.seconds["vae"] += time.perf_counter() - t0
+        rng = np.random.default_rng(seed)
+        prefix = self._prefix(text, ctl, settings.lm_guidance, stats)
+        kept = tokens[:left]
+        rotate = c.controls.enabled and c.controls.key_rotation
+        if rotate:  # the LM writes in C: the context is transposed to C, the new tokens back to the tonic
+            tonic = ctl.tonic if ctl.tonic is not None else self._tonic_of(np.delete(tokens, np.s_[left:left + n])
+                                                                           if left + right else tokens)
+            kept = rotate_tokens(kept, -tonic)
+        beat = None
+        if c.controls.enabled:
+            beat = beat_features(left + n, w0, ctl.bpm, c.controls.beat_harmonics, c.token_rate)
+        new = self._lm(prefix, kept, n, settings, rng, stats, progress, beat)
+        tokens[left:left + n] = rotate_tokens(new, tonic) if rotate else new
+        z = self._dpd(tokens, z[: left * fpt], n * fpt, settings, rng, stats, progress,
+                      right_z=z[(left + n) * fpt:])
+        t0 = time.perf_counter()
+        lo = max(0, left * fpt - c.chunk_frames)  # the decoder sees one chunk of context on each side
+        dec = self.backend.vae_decode(z[None, lo:])[0]
+        new_audio = np.clip(dec[(left * fpt - lo) * hop:][: n * spt], -1.0, 1.0).astype(np.float32)
+        stats.passes["vae"] += 1
+        stats.seconds["vae"] += time.perf_counter() - t0
+        stats.audio_seconds += n * spt / c.sample_rate
+        out = xp.copy()
+        old = out[a * spt: b * spt]
+        fade = int(round(INPAINT_CROSSFADE_SECONDS * c.sample_rate))
+        w = np.ones(n * spt, np.float32)  # weight of the new audio: raised-cosine ramps at the region's edges
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+        if a > 0:
+            w[:fade] = ramp
+        if b < n_all:
+            w[len(w) - fade:] = ramp[::-1]
+        out[a * spt: b * spt] = w * new_audio + (1 - w) * old
+        return _with_stats(Audio(out[: len(x)], c.sample_rate), stats, ctl)
 
     # internals --------------------------------------------------------------------------------------------
     def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
@@ -395,14 +516,18 @@ class Generator:
         stats.seconds["lm"] += time.perf_counter() - t0
         return out
 
-    def _dpd(self, tokens, kept_z, n_new_frames, s: _Settings, rng, stats, progress) -> np.ndarray:
-        # phase 3: v-diffusion from pi/2 to 0 on the new frames; kept frames are given (angle 0, Algorithm 2)
+    def _dpd(self, tokens, kept_z, n_new_frames, s: _Settings, rng, stats, progress,
+             right_z: np.ndarray | None = None) -> np.ndarray:
+        # phase 3: v-diffusion from pi/2 to 0 on the new frames; kept frames (before them, and right_z after them
+        # when inpainting) are given (angle 0, Algorithm 2)
         t0 = time.perf_counter()
         C = self.config.vae.latent_dim
         null = np.full_like(tokens, self.config.dpd.sem_vocab)
         n_kept = len(kept_z)
-        z0 = np.concatenate([kept_z, rng.standard_normal((n_new_frames, C), dtype=np.float32)])[None]
-        fixed = np.arange(n_kept + n_new_frames) < n_kept
+        right_z = np.zeros((0, C), np.float32) if right_z is None else right_z
+        z0 = np.concatenate([kept_z, rng.standard_normal((n_new_frames, C), dtype=np.float32), right_z])[None]
+        frame = np.arange(z0.shape[1])
+        fixed = (frame < n_kept) | (frame >= n_kept + n_new_frames)
 
         def denoise(z, angles, guidance):
             stats.passes["dpd"] += 1
@@ -426,20 +551,23 @@ class Generator:
         stats.seconds["vae"] += time.perf_counter() - t0
         return np.clip(new, -1.0, 1.0).astype(np.float32)
 
-    def _segments(self, text: str, controls: Controls, seconds: float | None, s: _Settings, seed: int | None,
-                  progress: Progress | None, first_tokens: int,
+    def _segments(self, text: str, controls: Controls, seconds: float | None, s: _Settings,
+                  seed: int | np.random.Generator | None, progress: Progress | None, first_tokens: int,
                   state: dict[str, Any] | None = None) -> Iterator[Audio]:
-        """Yield consecutive pieces of audio, each with its own ``.stats``. The state (a plain dict) holds the
-        window's kept tokens (as the LM writes them: in C for a transposing model) and latents, the song position
-        in tokens (for the beat clock) and the tonic; a new segment keeps at most ``window - chunk`` of them, so
-        memory stays constant however long the stream."""
+        """Yield consecutive pieces of audio, each with its own ``.stats``. The state (a plain dict, updated in
+        place so that a ``Stream`` can restart the loop with a new prompt) holds the window's kept tokens (as the LM
+        writes them: in C for a transposing model) and latents, the song position in tokens (for the beat clock),
+        the tonic and, per kept token, the tonic its DPD rotation used ("tonics"); a new segment keeps at most
+        ``window - chunk`` of them, so memory stays constant however long the stream."""
         c = self.config
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)  # a Generator passes through as it is
         spt = c.sample_rate // c.token_rate  # samples per token (960)
         remaining = None if seconds is None else int(round(seconds * c.sample_rate))
         stats = GenerationStats()
         prefix = self._prefix(text, controls, s.lm_guidance, stats)
-        state = state or {"tokens": np.zeros(0, np.int64), "latents": np.zeros((0, c.vae.latent_dim), np.float32)}
+        state = {} if state is None else state
+        state.setdefault("tokens", np.zeros(0, np.int64))
+        state.setdefault("latents", np.zeros((0, c.vae.latent_dim), np.float32))
         rotate = c.controls.enabled and c.controls.key_rotation
         if rotate and "tonic" not in state:  # no key asked: a tonic drawn from the seed
             state["tonic"] = controls.tonic if controls.tonic is not None else int(rng.integers(12))
@@ -458,17 +586,102 @@ class Generator:
                                      c.controls.beat_harmonics, c.token_rate)
             new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat)
             tokens = np.concatenate([kept_tok, new_tok])
-            z = self._dpd(rotate_tokens(tokens, state["tonic"]) if rotate else tokens, kept_z, n_frames, s, rng,
+            if rotate:  # kept tokens keep the tonic they were made in (a steer may have changed the key since)
+                tonics = state.get("tonics", np.full(len(state["tokens"]), state["tonic"], np.int64))
+                tonics = np.concatenate([tonics[len(tonics) - len(kept_tok):], np.full(n_tok, state["tonic"])])
+                state["tonics"] = tonics
+            z = self._dpd(rotate_tokens(tokens, tonics) if rotate else tokens, kept_z, n_frames, s, rng,
                           stats, progress)
             ctx = min(len(kept_z), c.chunk_frames)
             audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, stats)
             stats.audio_seconds += n_samples / c.sample_rate
-            state = {**state, "tokens": tokens, "latents": z, "pos": state["pos"] + n_tok}
+            state.update(tokens=tokens, latents=z, pos=state["pos"] + n_tok)
             if remaining is not None:
                 remaining -= n_samples
             seg_tokens = c.chunk_tokens
             yield _with_stats(Audio(audio, c.sample_rate), stats, controls)
             stats = GenerationStats()
+
+
+class Stream:
+    """An endless or bounded stream of ``Audio`` chunks (what ``Generator.stream`` returns) whose prompt and
+    controls can be changed between chunks with ``steer``.
+
+    A steer takes effect at the next chunk: the new prompt's controls are resolved and the LM's prefix is rebuilt
+    (phase 1) while the window's state is kept (kept tokens and latents, song position, tonic), so the kept chunks
+    stay exactly as they were (Algorithm 2) and the DPD joins the new music to them. If the new prompt asks another
+    key, the new chunks are in that key (a transposing model keeps the LM's tokens in C, so the music modulates at
+    the join). Each chunk's ``.prompt`` says which prompt made it. ``steer`` may be called from another thread.
+
+    Example::
+
+        s = gen.stream("a calm piano waltz in D major", seed=0)
+        for i, chunk in enumerate(s):
+            play(chunk.samples)
+            if i == 10:
+                s.steer("a stormy string tremolo in D minor")
+    """
+
+    def __init__(self, gen: Generator, text: str, controls: Controls, seconds: float | None, settings: _Settings,
+                 seed: int | None, progress: Progress | None) -> None:
+        self._gen, self._settings, self._progress = gen, settings, progress
+        self._rng = np.random.default_rng(seed)  # one random stream across steers: an unsteered stream is unchanged
+        self._remaining = None if seconds is None else int(round(seconds * gen.sample_rate))
+        self._state: dict[str, Any] = {}
+        self._pending: tuple[str, Controls] | None = None
+        self._lock = threading.Lock()
+        self.prompt, self.controls = text, controls
+        self._loop = gen._segments(text, controls, seconds, settings, self._rng, progress, gen.config.chunk_tokens,
+                                   self._state)
+
+    def steer(self, prompt: str, *, key: str | None = None, bpm: float | None = None, metre: str | None = None,
+              instrument: str | None = None, read_controls: bool = True) -> Controls:
+        """Follow ``prompt`` from the next chunk on; controls as in ``Generator.generate`` (the stream's earlier
+        explicit controls do not carry over). Returns the resolved ``Controls``.
+
+        Raises:
+            InvalidInputError: the prompt is empty, too long or not text, or a control is not accepted; the stream
+                goes on with its current prompt.
+        """
+        _check_args(prompt, None, None, None, None)
+        text = clean_prompt(prompt)
+        ctl = self._gen.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument,
+                                 read_controls=read_controls)
+        with self._lock:
+            self._pending = (text, ctl)
+        return ctl
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Audio:
+        if self._remaining == 0:
+            raise StopIteration
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._restart(*pending)
+        chunk = next(self._loop)
+        if self._remaining is not None:
+            self._remaining -= len(chunk.samples)
+        object.__setattr__(chunk, "prompt", self.prompt)
+        return chunk
+
+    def close(self) -> None:
+        """Stop the stream (no more chunks)."""
+        self._loop.close()
+        self._remaining = 0
+
+    def _restart(self, text: str, controls: Controls) -> None:
+        # the same segment loop with the same state and random stream, a new prefix (and tonic, if a key is asked)
+        self._loop.close()
+        c = self._gen.config
+        if controls.tonic is not None and "tonic" in self._state:
+            self._state["tonic"] = controls.tonic
+        seconds = None if self._remaining is None else self._remaining / c.sample_rate
+        self.prompt, self.controls = text, controls
+        self._loop = self._gen._segments(text, controls, seconds, self._settings, self._rng, self._progress,
+                                         c.chunk_tokens, self._state)
 
 
 @lru_cache(maxsize=4)

@@ -5,7 +5,7 @@
 "B flat min", "Bbm"), the tempo as a number ("96 bpm", "tempo 96", "♩ = 96", "96 beats per minute") or as a word
 (Italian or English), the metre or a dance word, instrument synonyms, and each attribute left out at random so
 that the text path also learns prompts that say only some things. The evaluation's free-form prompts
-(``training/prompts_freeform.txt``) are written independently of these templates.
+(``training/prompts_freeform.jsonl``) are written independently of these templates.
 """
 
 from __future__ import annotations

@@ -174,8 +174,11 @@ class Run:
                  "optims": {n: o.state_dict() for n, o in optims.items()},
                  "rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
         tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        try:  # under a temporary name, then renamed: a kill mid-save leaves the previous checkpoint whole
+            torch.save(state, tmp)
+            os.replace(tmp, self.ckpt_path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _out_of_time(self) -> bool:
         limit = self.args.time_limit_min

@@ -32,6 +32,7 @@ on_macos = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predicti
 INPUTS = {"text_encoder": ["input_ids", "attention_mask"], "lm_prefill": ["prefix", "tokens"],
           "lm_step": ["token", "pos", "cache"], "dpd": ["z", "angles", "tokens"], "vae_decoder": ["z"],
           "vae_encoder": ["audio"]}
+CONTROL_INPUTS = {"text_encoder": ["key", "bpm", "metre", "family"], "lm_prefill": ["beat"], "lm_step": ["beat"]}
 QUANTIZED_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}
 
 
@@ -70,12 +71,13 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def test_every_component_is_an_ml_program_for_macos14(fp16_bundle):
+def test_every_component_is_an_ml_program_for_macos14(fp16_bundle, model):
+    extra = CONTROL_INPUTS if model.cfg.controls.enabled else {}
     for comp in COMPONENTS:
         spec = ct.utils.load_spec(str(fp16_bundle / f"{comp}.mlpackage"))
         assert spec.WhichOneof("Type") == "mlProgram", comp
         assert spec.specificationVersion >= 8, comp  # 8 = macOS 14 / iOS 17
-        assert [i.name for i in spec.description.input] == INPUTS[comp]
+        assert [i.name for i in spec.description.input] == INPUTS[comp] + extra.get(comp, [])
         assert [o.name for o in spec.description.output] == OUTPUTS[comp]
 
 
@@ -146,7 +148,7 @@ def test_manifest_hashes_every_package_and_asset(fp16_bundle, model):
     tampered["files"]["dpd"]["sha256"] = "0" * 64
     with pytest.raises(BundleError, match="dpd.mlpackage"):
         verify_files(Bundle(bundle.root, tampered, bundle.config))
-    assert np.load(fp16_bundle / "null_prefix.npy").shape == (model.cfg.text.n_prefix, model.cfg.lm.dim)
+    assert np.load(fp16_bundle / "null_prefix.npy").shape == (model.cfg.prefix_len, model.cfg.lm.dim)
     assert (fp16_bundle / "tokenizer.json").is_file()
 
 
@@ -193,7 +195,8 @@ def test_rewritten_programs_equal_eager_torch_at_batch_1_and_odd_lengths(model):
                       torch.randint(0, model.cfg.dpd.sem_vocab + 1, (B, -(-L // fpt)), generator=g))
                      for B, L in ((1, 1), (1, 37), (2, model.cfg.window_frames))],
              "vae_encoder": [(torch.randn(B, T, generator=g) * 0.1,) for B, T in ((1, 1), (1, 961), (2, 5000))],
-             "lm_prefill": [(inputs["lm_prefill"]["prefix"][:1], torch.randint(0, V, (1, N), generator=g))
+             "lm_prefill": [(inputs["lm_prefill"]["prefix"][:1], torch.randint(0, V, (1, N), generator=g),
+                             *([inputs["lm_prefill"]["beat"][:1, : N + 1]] if "beat" in inputs["lm_prefill"] else []))
                             for N in (1, 7)],
              "lm_step": [tuple(t[:, :1] if t.dim() == 5 else t[:1] for t in inputs["lm_step"].values())]}
     for name, args in cases.items():
