@@ -269,7 +269,7 @@ def _tiny() -> ModelConfig:
 
 
 def _paper() -> ModelConfig:
-    # Sizes tuned so parameter counts match the paper within 5% (tests/models/test_param_counts.py).
+    # Sizes tuned so parameter counts match the paper within 5% (tests/models/test_lm.py, test_dpd.py, test_vae.py).
     return ModelConfig(
         name="paper",
         text=TextConfig(n_prefix=12, n_heads=8),

@@ -46,6 +46,12 @@ def test_chunks_at_angle_zero_come_back_unchanged():
     out = sample(denoise, z0, get_schedule("paper", 4), fixed=fixed, z_fixed=z0)
     assert np.array_equal(out[:, fixed], clean[:, : 3 * L // 4])
     assert not np.allclose(out[:, ~fixed], z0[:, ~fixed])
+    # the new frames are denoised *from* the kept ones: other kept frames, same noise -> other new frames
+    # (a denoiser that ignores its input, e.g. returns zeros, passes the checks above but fails this one)
+    z1 = z0.copy()
+    z1[:, fixed] = rng.uniform(-1, 1, (1, int(fixed.sum()), C)).astype(np.float32)
+    out1 = sample(denoise, z1, get_schedule("paper", 4), fixed=fixed, z_fixed=z1)
+    assert np.abs(out1[:, ~fixed] - out[:, ~fixed]).max() > 1e-3
 
 
 def test_per_chunk_angles_change_the_output():

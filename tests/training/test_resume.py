@@ -18,9 +18,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("librosa")
 
 from melody_edge.models.config import get_config  # noqa: E402
-from training.tokenizer import fit_tokenizer  # noqa: E402
-
 from tests.training.test_train import write_dataset  # noqa: E402
+from training.tokenizer import fit_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
