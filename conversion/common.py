@@ -96,3 +96,19 @@ def publish(stage: Path, out: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def controls_manifest(cfg: Any) -> dict[str, Any] | None:
+    """The control vocabulary a bundle's graphs take (``None`` for a model without controls): the classes behind
+    each input id, what "absent" is, and how the key is set (rotation of transposition-equivariant tokens)."""
+    from melody_edge.controls import vocabulary
+
+    c = cfg.controls
+    if not c.enabled:
+        return None
+    return {**vocabulary(), "key_rotation": c.key_rotation, "beat_harmonics": c.beat_harmonics,
+            "inputs": {"key": "mode index (0 major, 1 minor; 2 absent)" if c.key_rotation else
+                       "key index 0..23 (tonic + 12 * minor; 24 absent)",
+                       "bpm": "beats per minute (0 absent)", "metre": f"index into metres ({c.n_metres} absent)",
+                       "family": f"index into families ({c.n_families} absent)",
+                       "beat": "per token [sin, cos](2 pi k phase), k = 1..beat_harmonics (zeros: no tempo)"}}

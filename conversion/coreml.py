@@ -50,7 +50,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import nn
 
-from conversion.common import git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.common import controls_manifest, git_commit, load_checkpoint, publish, staged_bundle, write_manifest
 from conversion.graphs import OUTPUTS, coreml_example_inputs, coreml_graphs
 from melody_edge.backends.coreml_backend import feature_dtype, sha256_path
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS
@@ -284,6 +284,7 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
             "tools": {"torch": torch.__version__, "coremltools": ct.__version__, "python": platform.python_version(),
                       "minimum_deployment_target": DEPLOYMENT_TARGET},
             "gate": gate,
+            "controls": controls_manifest(model.cfg),
         }
         write_manifest(stage, manifest)
         publish(stage, out)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conversion.common import git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.common import controls_manifest, git_commit, load_checkpoint, publish, staged_bundle, write_manifest
 from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
 from conversion.parity import ParityError, report_parity, snr_db
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, sha256
@@ -263,6 +263,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx",
             "tools": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                       "python": platform.python_version(), "opset": OPSET},
             "gate": {"passed": None, "status": "not run yet"},
+            "controls": controls_manifest(model.cfg),
         }
         write_manifest(stage, manifest)
         if not check:

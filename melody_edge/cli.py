@@ -289,7 +289,7 @@ def _wav_header(sample_rate: int) -> bytes:
 def _s16le(samples: Any) -> bytes:
     import numpy as np
 
-    # the same rounding as libsndfile's float -> PCM_16 (lrintf(x * 0x7FFF)): a piped stream decodes to the file's
+    # round to nearest (libsndfile 1.2 floors x * 0x8000 when it writes a file: the two differ by at most 1 LSB)
     return np.rint(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 

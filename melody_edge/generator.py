@@ -25,7 +25,7 @@ import numpy as np
 
 from melody_edge.audio import Audio
 from melody_edge.backends import BACKENDS, Backend
-from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, resolve
+from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, resolve, vocabulary
 from melody_edge.errors import BundleError, ConfigError, InvalidInputError
 from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
 from melody_edge.text import TextTokenizer, clean_prompt, default_tokenizer
@@ -241,6 +241,7 @@ class Generator:
         return {"model": c.name, "bundle": self.bundle, "sample_rate": self.sample_rate,
                 "token_rate": c.token_rate, "latent_rate": c.vae.frame_rate, "window_seconds": c.window_seconds,
                 "chunk_seconds": self.chunk_seconds, "max_generate_seconds": MAX_GENERATE_SECONDS,
+                "controls": vocabulary() if c.controls.enabled else None,
                 **self.backend.info()}
 
     # public API -------------------------------------------------------------------------------------------
