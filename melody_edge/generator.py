@@ -144,8 +144,8 @@ def _check_args(prompt: object, seed: object, top_k: object, top_p: object, prog
 
 def prompt_memory_bytes(n_samples: int, sample_rate: int, target_rate: int) -> int:
     """Estimated peak bytes ``continue_audio`` needs for an audio prompt of ``n_samples`` at ``sample_rate``: the
-    resampled copy and its float64 interpolation temporaries (28 B per output sample), the input sample index
-    (8 B per input sample) and the prompt's copy in the result (4 B per output sample)."""
+    resampled copy and the resampler's buffers (budgeted at 28 B per output sample, an upper bound for libsoxr),
+    8 B per input sample of headroom and the prompt's copy in the result (4 B per output sample)."""
     n_out = round(n_samples * target_rate / sample_rate)
     return 32 * n_out + 8 * n_samples
 
