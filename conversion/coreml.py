@@ -265,8 +265,8 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
         with torch.inference_mode():  # no text and no controls
             np.save(stage / "null_prefix.npy", model.lm.cond.null(1)[0].detach().numpy().astype(np.float32))
         files["null_prefix"] = {"path": "null_prefix.npy"}
-        shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
-        files["text_tokenizer"] = {"path": "tokenizer.json"}
+        shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "text_tokenizer.json")
+        files["text_tokenizer"] = {"path": "text_tokenizer.json"}  # MiniLM word pieces (not semantic)
         if folder is not None and (folder / "tokenizer.npz").is_file():
             shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
             files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}

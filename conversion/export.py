@@ -200,8 +200,8 @@ def _assets(model: MeLoDy, folder: Path | None, stage: Path, files: dict[str, An
         null = model.lm.cond.null(1)[0]
     np.save(stage / "null_prefix.npy", null.detach().numpy().astype(np.float32))
     files["null_prefix"] = {"path": "null_prefix.npy"}
-    shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "tokenizer.json")
-    files["text_tokenizer"] = {"path": "tokenizer.json"}
+    shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "text_tokenizer.json")
+    files["text_tokenizer"] = {"path": "text_tokenizer.json"}  # MiniLM word pieces (not semantic)
     if folder is not None and (folder / "tokenizer.npz").is_file():
         shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
         files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}

@@ -2,7 +2,8 @@
 
 ``manifest.json`` holds the format version, the model config, rates, precision, default steps and schedule, and for
 each component its file, sha256, and input/output spec; beside it are one graph per component, the text tokenizer
-(``tokenizer.json``), the null text prefix for classifier-free guidance, the semantic tokenizer and ``parity.json``.
+(``text_tokenizer.json``; ``tokenizer.json`` in older bundles), the null text prefix for classifier-free
+guidance, the semantic tokenizer and ``parity.json``.
 
 A bundle is untrusted input (an app may load whatever bundle a user downloaded). ``load_bundle`` checks, in this
 order and before anything is allocated or any graph is loaded:

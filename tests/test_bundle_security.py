@@ -172,7 +172,7 @@ def test_deeply_nested_manifest_is_refused(b):
 @pytest.mark.parametrize("content", [b"garbage", b"{}", b"[1, 2]", b'{"model": 5}', b'{"model": {"type": "nope"}}',
                                      b"\xff\xfe\x00"])
 def test_garbage_tokenizer_json_with_matching_hash_is_refused(b, content):
-    _replace(b / "tokenizer.json", content)
+    _replace(b / "text_tokenizer.json", content)
     _rehash(b, "text_tokenizer")
     _refused(b, "tokenizer", BundleError)
 

@@ -153,5 +153,8 @@ class CoreMLBackend(Backend):
         return self._run("vae_encoder", audio=audio)["z"].astype(np.float32)
 
     def info(self):
+        gate = self.bundle.manifest.get("gate") or {}
         return {"backend": self.name, "compute_units": self.compute_units, "precision": self.bundle.precision,
-                "bundle_path": str(self.bundle.root)}
+                "bundle_path": str(self.bundle.root),
+                "parity_gate": gate.get("status") or {True: "passed", False: "failed"}.get(gate.get("passed"),
+                                                                                           "never ran")}

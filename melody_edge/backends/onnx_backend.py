@@ -101,5 +101,8 @@ class OnnxBackend(Backend):
         return self._run("vae_encoder", audio=audio)[0].astype(np.float32)
 
     def info(self):
+        gate = self.bundle.manifest.get("gate") or {}
         return {"backend": self.name, "providers": self.providers, "precision": self.bundle.precision,
-                "bundle_path": str(self.bundle.root)}
+                "bundle_path": str(self.bundle.root),
+                "parity_gate": gate.get("status") or {True: "passed", False: "failed"}.get(gate.get("passed"),
+                                                                                           "never ran")}

@@ -149,7 +149,7 @@ def test_manifest_hashes_every_package_and_asset(fp16_bundle, model):
     with pytest.raises(BundleError, match="dpd.mlpackage"):
         verify_files(Bundle(bundle.root, tampered, bundle.config))
     assert np.load(fp16_bundle / "null_prefix.npy").shape == (model.cfg.prefix_len, model.cfg.lm.dim)
-    assert (fp16_bundle / "tokenizer.json").is_file()
+    assert (fp16_bundle / "text_tokenizer.json").is_file()
 
 
 def test_sha256_path_hashes_folders_by_relative_paths_and_bytes(tmp_path):
