@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #         56.7 / 68.9, e2e 37.4 / 26.7.
 #   fp16 (CPU provider, NchwcTransformer off): text 72.5 / 68.9, logits 1.5e-4 / 0.0076, cache 72.7 / 69.5,
 #         DPD 64.0 / 58.2, VAE 63.7 / 67.9, VAE encoder 64.3 / 76.2, e2e 60.0 / 42.2.
+#   The controls model (issue 9; same VAE weights, new LM/DPD, new example inputs) measured int8: text 24.6, logits
+#         0.15, agreement 0.981, cache 55.5, DPD 36.7, VAE 38.4, VAE encoder 68.4, e2e 19.6. Its VAE figure moved
+#         6 dB with the example inputs alone (the weights are the previous model's): dynamic int8 error depends on
+#         the activations' ranges, so the int8 VAE and e2e gates sit 3 dB below the lowest figure measured so far.
 #   int8 and fp16 gates sit 3 dB (twice the error power) below the lower of the two figures and at 2x the larger
 #   logits error: close enough that a recipe change that doubles the error fails. int8 kernels differ by CPU (VNNI,
 #   AVX2 u8s8, ARM dot products) and fp16 by provider; a failure on another machine means: measure there, and say
@@ -40,7 +44,7 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"lm_logits_max_abs": 1e-4, "lm_token_agreement": 0.98, "text_snr_db": 100.0, "lm_cache_snr_db": 100.0,
              "dpd_snr_db": 100.0, "vae_snr_db": 100.0, "vae_encoder_snr_db": 100.0, "e2e_snr_db": 90.0},
     "int8": {"lm_logits_max_abs": 0.35, "lm_token_agreement": 0.98, "text_snr_db": 22.0, "lm_cache_snr_db": 50.0,
-             "dpd_snr_db": 34.0, "vae_snr_db": 41.0, "vae_encoder_snr_db": 53.0, "e2e_snr_db": 23.0},
+             "dpd_snr_db": 34.0, "vae_snr_db": 35.0, "vae_encoder_snr_db": 53.0, "e2e_snr_db": 16.5},
     "fp16": {"lm_logits_max_abs": 0.015, "lm_token_agreement": 0.98, "text_snr_db": 65.0, "lm_cache_snr_db": 66.0,
              "dpd_snr_db": 55.0, "vae_snr_db": 60.0, "vae_encoder_snr_db": 61.0, "e2e_snr_db": 39.0},
 }

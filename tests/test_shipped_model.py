@@ -54,3 +54,21 @@ def test_shipped_weights_stay_small():
     assert total < 100e6
     ckpt = sum(p.stat().st_size for p in (ASSETS / "tiny").iterdir())
     assert ckpt < 60e6
+
+
+def test_shipped_bundle_takes_the_controls_and_the_asked_key_moves_the_pitch():
+    gen = Generator()
+    assert gen.info["controls"]["families"][0] == "piano"
+    assert load_bundle(ASSETS / "tiny-bundle").manifest["controls"]["key_rotation"] is True
+    tok = gen.backend.semantic_tokenizer
+    chroma = {}
+    for key in ("C major", "E major"):
+        audio = gen.generate("a slow chorale for organ", seconds=5, seed=0, key=key)
+        assert audio.controls.key == key
+        feats = tok.extractor.extract(audio.samples)
+        loud = feats[:, 12] > -40.0  # frames with sound
+        chroma[key] = feats[loud, :12].mean(axis=0)
+    # the same seed in E major is the C major music four semitones up: its pitch-class profile matches the C major
+    # one rotated by 4 better than by any other amount
+    scores = [np.corrcoef(np.roll(chroma["C major"], s), chroma["E major"])[0, 1] for s in range(12)]
+    assert int(np.argmax(scores)) == 4, np.round(scores, 3)
