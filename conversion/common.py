@@ -112,3 +112,26 @@ def controls_manifest(cfg: Any) -> dict[str, Any] | None:
                        "bpm": "beats per minute (0 absent)", "metre": f"index into metres ({c.n_metres} absent)",
                        "family": f"index into families ({c.n_families} absent)",
                        "beat": "per token [sin, cos](2 pi k phase), k = 1..beat_harmonics (zeros: no tempo)"}}
+
+
+def write_assets(model: Any, folder: Path | None, stage: Path, files: dict[str, Any]) -> None:
+    """The non-graph files of a bundle (ONNX and Core ML alike) into ``stage``, listed in ``files``: the CFG null
+    prefix, the MiniLM text tokenizer and the semantic tokenizer (the checkpoint's, or a random preset's)."""
+    import numpy as np
+    import torch
+
+    from melody_edge.models.melody import random_tokenizer
+    from melody_edge.text import minilm_dir
+
+    with torch.inference_mode():  # the CFG null: no text and, for a model with controls, no controls
+        null = model.lm.cond.null(1)[0]
+    np.save(stage / "null_prefix.npy", null.detach().numpy().astype(np.float32))
+    files["null_prefix"] = {"path": "null_prefix.npy"}
+    shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "text_tokenizer.json")
+    files["text_tokenizer"] = {"path": "text_tokenizer.json"}  # MiniLM word pieces (not semantic)
+    if folder is not None and (folder / "tokenizer.npz").is_file():
+        shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
+        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
+    elif folder is None:  # a random preset: the random tokenizer its DPD token features come from
+        random_tokenizer(model.cfg).save(stage / "semantic_tokenizer.npz")
+        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import logging
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,13 +49,20 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import nn
 
-from conversion.common import controls_manifest, git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.common import (
+    controls_manifest,
+    git_commit,
+    load_checkpoint,
+    publish,
+    staged_bundle,
+    write_assets,
+    write_manifest,
+)
 from conversion.graphs import OUTPUTS, coreml_example_inputs, coreml_graphs
 from melody_edge.backends.coreml_backend import feature_dtype, sha256_path
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS
 from melody_edge.errors import BackendUnavailableError, ConfigError
 from melody_edge.models.config import TEXT_MAX_TOKENS, ModelConfig
-from melody_edge.text import minilm_dir
 
 log = logging.getLogger("conversion.coreml")
 PRECISIONS = ("fp16", "fp32", "int8", "palettize4")
@@ -262,14 +268,7 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
             files[name] = {"path": dst.name, "spec": model_spec(mlmodel)}
             size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
             log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, size / 1e6, time.perf_counter() - t0)
-        with torch.inference_mode():  # no text and no controls
-            np.save(stage / "null_prefix.npy", model.lm.cond.null(1)[0].detach().numpy().astype(np.float32))
-        files["null_prefix"] = {"path": "null_prefix.npy"}
-        shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "text_tokenizer.json")
-        files["text_tokenizer"] = {"path": "text_tokenizer.json"}  # MiniLM word pieces (not semantic)
-        if folder is not None and (folder / "tokenizer.npz").is_file():
-            shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
-            files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
+        write_assets(model, folder, stage, files)
         for entry in files.values():
             entry["sha256"] = sha256_path(stage / entry["path"])
         on_macos = platform.system() == "Darwin"

@@ -25,13 +25,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from conversion.common import controls_manifest, git_commit, load_checkpoint, publish, staged_bundle, write_manifest
+from conversion.common import (
+    controls_manifest,
+    git_commit,
+    load_checkpoint,
+    publish,
+    staged_bundle,
+    write_assets,
+    write_manifest,
+)
 from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
 from conversion.parity import ParityError, report_parity, snr_db
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, sha256
 from melody_edge.errors import ConfigError
-from melody_edge.models.melody import MeLoDy, random_tokenizer
-from melody_edge.text import TextTokenizer, minilm_dir
+from melody_edge.models.melody import MeLoDy
+from melody_edge.text import TextTokenizer
 
 log = logging.getLogger("conversion.export")
 OPSET = 20
@@ -194,22 +202,6 @@ def e2e_parity(model: MeLoDy, be: Any, *, steps: int = 8, schedule: str = "paper
     return {"e2e_snr_db": snr_db(audio[0], audio[1])}
 
 
-def _assets(model: MeLoDy, folder: Path | None, stage: Path, files: dict[str, Any]) -> None:
-    """The null text prefix, the text tokenizer and (for a trained checkpoint) the semantic tokenizer."""
-    with torch.inference_mode():  # the CFG null: no text and, for a model with controls, no controls
-        null = model.lm.cond.null(1)[0]
-    np.save(stage / "null_prefix.npy", null.detach().numpy().astype(np.float32))
-    files["null_prefix"] = {"path": "null_prefix.npy"}
-    shutil.copyfile(minilm_dir() / "tokenizer.json", stage / "text_tokenizer.json")
-    files["text_tokenizer"] = {"path": "text_tokenizer.json"}  # MiniLM word pieces (not semantic)
-    if folder is not None and (folder / "tokenizer.npz").is_file():
-        shutil.copyfile(folder / "tokenizer.npz", stage / "semantic_tokenizer.npz")
-        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
-    elif folder is None:  # a random preset: the random tokenizer its DPD token features come from
-        random_tokenizer(model.cfg).save(stage / "semantic_tokenizer.npz")
-        files["semantic_tokenizer"] = {"path": "semantic_tokenizer.npz"}
-
-
 def finish(stage: Path, out: str | Path, manifest: dict[str, Any], gate: dict[str, Any]) -> Path:
     """Record ``gate`` in the staged manifest, then publish: to ``out`` when the gate passed or was not run, else
     to ``<out>.failed`` (``out`` untouched) and raise ``ParityError``."""
@@ -249,7 +241,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx",
             files[name] = {"path": dst.name, "spec": _spec(dst)}
             log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, dst.stat().st_size / 1e6,
                      time.perf_counter() - t0)
-        _assets(model, folder, stage, files)
+        write_assets(model, folder, stage, files)
         for entry in files.values():
             entry["sha256"] = sha256(stage / entry["path"])
         import onnx
