@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the bundled `tiny` model (with controls) on a 2-core CPU (about 1 h 40 min; see MODEL_CARD.md).
+# Reproduces the bundled `tiny` model (with controls) on a 2-core CPU (about 2 h 30 min; see MODEL_CARD.md).
 # Needs: apt-get install -y fluidsynth timgm6mb-soundfont ; pip install -e ".[train,convert]"
 # Every step is seeded (seed 0) and resumable: rerunning continues from the last checkpoint or skips what is done.
 #
@@ -31,11 +31,11 @@ python -m training.train_dpd --data "$DATA" --out "$OUT" --preset tiny --init "$
 wait
 # evaluation on the checkpoint, then ship: fp16 checkpoint, int8 ONNX bundle (the default runtime), fp32 parity
 python -m training.evaluate --checkpoint "$OUT" --data "$DATA" --split test --n 24 --threads 2 \
-    --out training/results/eval_tiny_checkpoint.json
+    --classifier-clips 450 --classifier-test-clips 180 --out training/results/eval_tiny_checkpoint.json
 python -m training.ship --checkpoint "$OUT" --out melody_edge/assets/tiny
 python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out melody_edge/assets/tiny-bundle
 python -m training.evaluate --bundle tiny --data "$DATA" --split test --n 24 --threads 2 \
-    --out training/results/eval_tiny_bundle.json
+    --classifier-clips 450 --classifier-test-clips 180 --out training/results/eval_tiny_bundle.json
 python -m conversion.export --checkpoint tiny --format onnx --precision fp32 --out runs/tiny-fp32
 cp runs/tiny-fp32/parity.json melody_edge/assets/tiny-bundle/parity_fp32.json
 python -m conversion.recipes runs/tiny-fp32 melody_edge/assets/tiny-bundle --readme README.md
