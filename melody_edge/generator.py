@@ -332,13 +332,9 @@ class Generator:
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
-        if self.backend.semantic_tokenizer is None:
-            raise BundleError("this model has no semantic tokenizer (tokenizer.npz), so it cannot continue audio")
-        if not np.isfinite(audio.samples).all():
-            raise InvalidInputError("audio prompt contains NaN or inf samples")
+        x = self._audio_input(audio, "continue")
         c = self.config
         samples_per_token = c.sample_rate // c.token_rate
-        x = audio.resample(c.sample_rate).samples
         n_tok = min(len(x) // samples_per_token, c.window_tokens - c.chunk_tokens)
         if n_tok < 1:
             raise InvalidInputError(f"audio prompt is shorter than one token frame ({samples_per_token} samples)")
@@ -394,13 +390,9 @@ class Generator:
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
-        if self.backend.semantic_tokenizer is None:
-            raise BundleError("this model has no semantic tokenizer (tokenizer.npz), so it cannot inpaint audio")
-        if not np.isfinite(audio.samples).all():
-            raise InvalidInputError("audio contains NaN or inf samples")
+        x = self._audio_input(audio, "inpaint")
         c = self.config
         spt, fpt, hop = c.sample_rate // c.token_rate, c.frames_per_token, c.vae.hop
-        x = audio.resample(c.sample_rate).samples
         a, b = _check_region(start, end, len(x) / c.sample_rate, c)  # token frames [a, b)
         n_all = -(-len(x) // spt)
         xp = np.pad(x, (0, n_all * spt - len(x)))  # a last partial token frame is encoded with zeros after it
@@ -450,6 +442,14 @@ class Generator:
         return _with_stats(Audio(out[: len(x)], c.sample_rate), stats, ctl)
 
     # internals --------------------------------------------------------------------------------------------
+    def _audio_input(self, audio: Audio, what: str) -> np.ndarray:
+        """The samples of an audio input (continue, inpaint) at the model's rate, after the checks both need."""
+        if self.backend.semantic_tokenizer is None:
+            raise BundleError(f"this model has no semantic tokenizer (tokenizer.npz), so it cannot {what} audio")
+        if not np.isfinite(audio.samples).all():
+            raise InvalidInputError("audio contains NaN or inf samples")
+        return audio.resample(self.config.sample_rate).samples
+
     def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
         steps = DEFAULT_STEPS if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
