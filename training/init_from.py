@@ -36,13 +36,11 @@ def _raw(tok: SemanticTokenizer, scaled: np.ndarray) -> np.ndarray:
 def token_map(old: SemanticTokenizer, new: SemanticTokenizer) -> np.ndarray:
     """For every token of ``new``, the id of the ``old`` token nearest to it in raw feature space, measured in
     ``old``'s scaled space -> (new.vocab_size,) int64."""
-    old_feats = old.token_features()
     raw_new = _raw(new, new.token_features())
     canon, r = old.canonical(raw_new)
     scaled = (canon - old.mean) * (group_dim_weights(old.group_weights) / old.std)
     d = ((scaled[:, None, :] - old.centroids[None]) ** 2).sum(-1)  # (V_new, K_old)
     base = d.argmin(1)
-    del old_feats
     return (base * old.rotations + (r if old.rotations > 1 else 0)).astype(np.int64)
 
 
