@@ -87,6 +87,10 @@ MAX_STREAM_SECONDS = 366 * 86_400.0  # a year; stream(seconds=None) is the way t
 MAX_SEED = 2**64 - 1
 INPAINT_GRANULARITY_SECONDS = MIN_SECONDS  # inpaint() widens its region to whole 40 ms token frames
 INPAINT_CROSSFADE_SECONDS = 0.02  # ... and fades the new audio in and out over 20 ms inside that region
+# Segment joins: the decoder's last ~4 hops change once it sees what follows them (its right edge is decoded against
+# zeros), so each segment holds back its last token (40 ms) and the next segment crossfades it into its own re-decoded
+# version of the same samples (raised cosine): no click, no dip at the join. A stream's first chunk is 40 ms shorter.
+JOIN_CROSSFADE_TOKENS = 1
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
 
@@ -259,9 +263,10 @@ class Generator:
             seed: makes the result reproducible; ``None`` draws fresh entropy.
             key, bpm, metre, instrument: explicit controls ("A minor", 72, "3/4", "violin") that override what the
                 prompt says (see ``controls``); read_controls: read the controls from the prompt text too.
-            steps: diffusion steps (default 8); guidance: DPD CFG scale (default: the model's
-                ``config.guidance``, 1 for tiny, 2.5 for the paper preset); lm_guidance: LM CFG scale
-                (default: ``config.lm_guidance``, 3 for tiny, 1 = off for the others);
+            steps: diffusion steps (default: the model's ``config.dpd_steps``, 8 unless step-distilled);
+                guidance: DPD CFG scale (default: the model's ``config.guidance``, 1 for tiny, 2.5 for the paper
+                preset); lm_guidance: LM CFG scale (default: ``config.lm_guidance``, 3 for tiny, 1 = off for the
+                others);
                 temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
             progress: optional callback ``(stage, done, total)``.
 
@@ -296,7 +301,9 @@ class Generator:
                lm_guidance: float | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                schedule: str = "paper", progress: Progress | None = None) -> Stream:
-        """Yield music chunk by chunk (``chunk_seconds`` each, the last one may be shorter) with constant memory.
+        """Yield music chunk by chunk (``chunk_seconds`` each; the first is 40 ms shorter, since each chunk's last
+        40 ms wait to be crossfaded into the next (``JOIN_CROSSFADE_TOKENS``); the last one of a bounded stream takes
+        what remains) with constant memory.
 
         ``seconds=None`` streams forever (MeLoDy's Algorithm 2: drop the oldest chunk, append noise, the LM writes
         the new chunk's tokens, kept chunks stay at angle 0). Each chunk carries ``.stats`` for that chunk,
@@ -320,7 +327,8 @@ class Generator:
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        schedule: str = "paper", progress: Progress | None = None) -> Audio:
         """Continue ``audio`` for ``seconds`` more, following ``prompt``. Returns the prompt audio (trimmed to whole
-        40 ms token frames) followed by the continuation. The prompt is encoded by the VAE and tokenized by the
+        40 ms token frames; its last 40 ms crossfade into the continuation, as every segment join does) followed by
+        the continuation. The prompt is encoded by the VAE and tokenized by the
         semantic tokenizer; its last window is kept as context (Algorithm 2). Controls as in ``generate``; with a
         transposition-equivariant model and no key given, the continuation keeps the key estimated from the prompt
         audio's tokens."""
@@ -351,8 +359,11 @@ class Generator:
         if c.controls.enabled and c.controls.key_rotation:  # the LM writes in C: transpose the context to C
             tonic = ctl.tonic if ctl.tonic is not None else self._tonic_of(tokens)
             state.update(tokens=rotate_tokens(tokens, -tonic), tonic=tonic)
-        pieces = _collect(self._segments(text, ctl, seconds, settings, seed, progress, c.chunk_tokens, state), stats)
-        return _with_stats(Audio(np.concatenate([head, *pieces]), c.sample_rate), stats, ctl)
+        hold = min(JOIN_CROSSFADE_TOKENS, n_tok) * samples_per_token  # the prompt's end joins as a segment's would
+        state["tail"] = head[len(head) - hold:]
+        pieces = _collect(self._segments(text, ctl, seconds + hold / c.sample_rate, settings, seed, progress,
+                                         c.chunk_tokens, state), stats)
+        return _with_stats(Audio(np.concatenate([head[: len(head) - hold], *pieces]), c.sample_rate), stats, ctl)
 
     def inpaint(self, audio: Audio, start: float, end: float, prompt: str, *, seed: int | None = None,
                 key: str | None = None, bpm: float | None = None, metre: str | None = None,
@@ -433,7 +444,7 @@ class Generator:
         old = out[a * spt: b * spt]
         fade = int(round(INPAINT_CROSSFADE_SECONDS * c.sample_rate))
         w = np.ones(n * spt, np.float32)  # weight of the new audio: raised-cosine ramps at the region's edges
-        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+        ramp = raised_cosine(fade)
         if a > 0:
             w[:fade] = ramp
         if b < n_all:
@@ -451,7 +462,7 @@ class Generator:
         return audio.resample(self.config.sample_rate).samples
 
     def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
-        steps = DEFAULT_STEPS if steps is None else steps
+        steps = self.config.dpd_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
             raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
         get_schedule(schedule, int(steps))
@@ -542,12 +553,13 @@ class Generator:
         stats.seconds["dpd"] += time.perf_counter() - t0
         return z[0]
 
-    def _vae(self, z_ctx: np.ndarray, n_new_frames: int, n_samples: int, stats) -> np.ndarray:
-        # phase 4: decode new frames with left context; keep only the new frames' samples
+    def _vae(self, z_ctx: np.ndarray, n_new_frames: int, n_samples: int, n_before: int, stats) -> np.ndarray:
+        # phase 4: decode new frames with left context; keep the new frames' samples and the n_before samples just
+        # before them (re-decoded with right context now: the join crossfades into them)
         t0 = time.perf_counter()
         audio = self.backend.vae_decode(z_ctx[None])[0]
-        hop = self.config.vae.hop
-        new = audio[len(audio) - n_new_frames * hop:][:n_samples]
+        start = len(audio) - n_new_frames * self.config.vae.hop
+        new = audio[start - n_before:][: n_before + n_samples]
         stats.passes["vae"] += 1
         stats.seconds["vae"] += time.perf_counter() - t0
         return np.clip(new, -1.0, 1.0).astype(np.float32)
@@ -575,6 +587,14 @@ class Generator:
         state.setdefault("pos", len(state["tokens"]))
         keep_tok = c.window_tokens - c.chunk_tokens
         seg_tokens = first_tokens
+        hold = JOIN_CROSSFADE_TOKENS * spt
+        state.setdefault("tail", np.zeros(0, np.float32))
+        if remaining is not None:  # the held-back tail was made but not yet yielded
+            remaining -= len(state["tail"])
+            if remaining <= 0 and len(state["tail"]):
+                stats.audio_seconds = len(state["tail"]) / c.sample_rate
+                yield _with_stats(Audio(state.pop("tail"), c.sample_rate), stats, controls)
+                return
         while remaining is None or remaining > 0:
             n_samples = seg_tokens * spt if remaining is None else min(seg_tokens * spt, remaining)
             n_tok = -(-n_samples // spt)
@@ -594,11 +614,18 @@ class Generator:
             z = self._dpd(rotate_tokens(tokens, tonics) if rotate else tokens, kept_z, n_frames, s, rng,
                           stats, progress)
             ctx = min(len(kept_z), c.chunk_frames)
-            audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, stats)
-            stats.audio_seconds += n_samples / c.sample_rate
-            state.update(tokens=tokens, latents=z, pos=state["pos"] + n_tok)
+            tail = state["tail"]
+            audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, len(tail), stats)
+            if len(tail):  # the join: the last segment's held-back tail fades into its re-decoded version
+                w = raised_cosine(len(tail))
+                audio[: len(tail)] = (1 - w) * tail + w * audio[: len(tail)]
             if remaining is not None:
                 remaining -= n_samples
+            last = remaining is not None and remaining <= 0
+            cut = len(audio) if last else len(audio) - hold
+            audio, state["tail"] = audio[:cut], audio[cut:]
+            stats.audio_seconds += len(audio) / c.sample_rate
+            state.update(tokens=tokens, latents=z, pos=state["pos"] + n_tok)
             seg_tokens = c.chunk_tokens
             yield _with_stats(Audio(audio, c.sample_rate), stats, controls)
             stats = GenerationStats()
@@ -683,6 +710,11 @@ class Stream:
         self.prompt, self.controls = text, controls
         self._loop = self._gen._segments(text, controls, seconds, self._settings, self._rng, self._progress,
                                          c.chunk_tokens, self._state)
+
+
+def raised_cosine(n: int) -> np.ndarray:
+    """A fade-in ramp of ``n`` samples from just above 0 to just below 1 (its reverse fades out; the two sum to 1)."""
+    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
 
 
 @lru_cache(maxsize=4)

@@ -47,7 +47,9 @@ def test_stream_chunks_concatenate_to_requested_length_without_gaps(debug_gen):
     seconds = 3.3
     chunks = list(debug_gen.stream(PROMPT, seconds=seconds, seed=0, steps=2))
     assert len(chunks) == math.ceil(seconds / debug_gen.chunk_seconds)
-    assert all(len(c.samples) == round(debug_gen.chunk_seconds * debug_gen.sample_rate) for c in chunks[:-1])
+    chunk = round(debug_gen.chunk_seconds * debug_gen.sample_rate)
+    assert len(chunks[0].samples) == chunk - 960  # its last token waits to be crossfaded into the next chunk
+    assert all(len(c.samples) == chunk for c in chunks[1:-1])
     total = np.concatenate([c.samples for c in chunks])
     assert len(total) == round(seconds * debug_gen.sample_rate)
     # no gap: no run of exact zeros at chunk joins
@@ -60,7 +62,8 @@ def test_stream_chunks_concatenate_to_requested_length_without_gaps(debug_gen):
 def test_stream_without_seconds_is_endless(debug_gen):
     it = debug_gen.stream(PROMPT, seed=0, steps=1)
     chunks = [next(it) for _ in range(6)]  # more chunks than fit in one window
-    assert all(len(c.samples) == round(debug_gen.chunk_seconds * debug_gen.sample_rate) for c in chunks)
+    chunk = round(debug_gen.chunk_seconds * debug_gen.sample_rate)
+    assert [len(c.samples) for c in chunks] == [chunk - 960] + [chunk] * 5
 
 
 def test_continue_audio_keeps_prompt_and_appends(debug_gen):
@@ -69,7 +72,8 @@ def test_continue_audio_keeps_prompt_and_appends(debug_gen):
     out = debug_gen.continue_audio(prompt_audio, PROMPT, seconds=1.0, seed=0, steps=2)
     head = (int(1.5 * sr) // 960) * 960  # the prompt is trimmed to whole 40 ms token frames (37 of 37.5)
     assert len(out.samples) == head + sr
-    np.testing.assert_array_equal(out.samples[:head], prompt_audio.samples[:head])
+    kept = head - 960  # the prompt's last token crossfades into the continuation
+    np.testing.assert_array_equal(out.samples[:kept], prompt_audio.samples[:kept])
     assert out.stats.passes["lm"] == 25
 
 

@@ -156,6 +156,7 @@ class ModelConfig:
     n_chunks: int = 4  # paper: 4 chunks per window, each with its own angle
     guidance: float = 2.5  # default DPD classifier-free guidance scale of this model (paper: 2.5)
     lm_guidance: float = 1.0  # default LM classifier-free guidance scale (1 = off)
+    dpd_steps: int = 8  # default DPD sampling steps; a step-distilled student (conversion.distill) records fewer
 
     @property
     def sample_rate(self) -> int:
@@ -202,6 +203,8 @@ class ModelConfig:
             raise ConfigError(f"dpd.sem_vocab {self.dpd.sem_vocab} != lm.vocab_size {self.lm.vocab_size}")
         if SAMPLE_RATE % self.vae.hop or abs(self.vae.frame_rate / TOKEN_RATE - self.frames_per_token) > 1e-9:
             raise ConfigError(f"vae.hop {self.vae.hop} must give a latent rate that is a multiple of {TOKEN_RATE} Hz")
+        if not 1 <= self.dpd_steps <= 1000:
+            raise ConfigError(f"dpd_steps {self.dpd_steps} must be an integer in [1, 1000]")
         if self.window_tokens % self.n_chunks:
             raise ConfigError(f"window_tokens {self.window_tokens} must divide into {self.n_chunks} chunks")
         if self.dpd.segment % 2 or self.dpd.segment % self.dpd.merge:
@@ -234,6 +237,7 @@ class ModelConfig:
                 # configs written before these fields existed used the class defaults (paper 2.5, no LM guidance)
                 guidance=d.get("guidance", cls.guidance),
                 lm_guidance=d.get("lm_guidance", cls.lm_guidance),
+                dpd_steps=d.get("dpd_steps", cls.dpd_steps),
             ).validate()
         except (KeyError, TypeError) as e:
             raise ConfigError(f"model config is malformed ({e!r}); re-export the checkpoint with this version") from e
