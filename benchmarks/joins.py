@@ -59,7 +59,8 @@ def measure(gen: Generator, hold: int, seconds: float, seeds: list[int]) -> dict
         for seed in seeds:
             song = gen.generate(prompt, seconds=seconds, seed=seed).samples
             first = c.window_tokens * spt
-            joins = list(range(first, len(song) - spt, c.chunk_tokens * spt))
+            advance = min(generator_module.GENERATE_ADVANCE_CHUNKS, c.n_chunks - 1) * c.chunk_tokens
+            joins = list(range(first, len(song) - spt, advance * spt))
             rows["generate"] += join_figures(song, joins, hold * spt, c.sample_rate)
             chunks = [a.samples for a in gen.stream(prompt, seconds=seconds / 2, seed=seed)]
             cuts = np.cumsum([len(a) for a in chunks])[:-1] + hold * spt  # a chunk's end waits hold tokens

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from melody_edge import Audio, ConfigError, Generator, InvalidInputError, OutputPathError
-from melody_edge.generator import MAX_GENERATE_SECONDS
+from melody_edge.generator import GENERATE_ADVANCE_CHUNKS, MAX_GENERATE_SECONDS
 from melody_edge.text import MAX_PROMPT_CHARS
 
 PROMPT = "a calm piano waltz in D major"
@@ -31,9 +31,11 @@ def test_same_seed_same_audio_other_seed_differs(debug_gen):
 def test_forward_passes_equal_the_analytic_count(debug_gen, seconds, steps, guidance):
     cfg = debug_gen.config
     audio = debug_gen.generate(PROMPT, seconds=seconds, seed=0, steps=steps, guidance=guidance)
-    # first segment: one window (Algorithm 1), then one chunk per continuation step (Algorithm 2)
+    # first segment: one window (Algorithm 1), then GENERATE_ADVANCE_CHUNKS chunks per continuation step
+    # (Algorithm 2)
     first = min(seconds, cfg.window_seconds)
-    segments = 1 + math.ceil(max(0.0, seconds - first) / (cfg.chunk_tokens / cfg.token_rate) - 1e-9)
+    advance = min(GENERATE_ADVANCE_CHUNKS, cfg.n_chunks - 1) * cfg.chunk_tokens
+    segments = 1 + math.ceil(max(0.0, seconds - first) / (advance / cfg.token_rate) - 1e-9)
     assert audio.stats.passes == {
         "text": 1,
         "lm": math.ceil(seconds * cfg.token_rate - 1e-9),  # prefill gives the first token, one step per other token
