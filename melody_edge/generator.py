@@ -95,6 +95,9 @@ JOIN_CROSSFADE_TOKENS = 1
 # half a window of context) instead of stream()'s 1: half the DPD passes and LM prefills per second of a long song
 # (benchmarks: RTF of 60 s vs 10 s), at the cost of 5.12 s instead of 7.68 s of kept context (tiny)
 GENERATE_ADVANCE_CHUNKS = 2
+# ... and the DPD of a continuation segment denoises the new frames after one kept chunk (2.56 s at angle 0) rather
+# than the whole kept window: a stream chunk's DPD passes cover 2 chunks, not 4 (the LM still reads all kept tokens)
+DPD_CONTEXT_CHUNKS = 1
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
 
@@ -619,8 +622,12 @@ class Generator:
                 tonics = state.get("tonics", np.full(len(state["tokens"]), state["tonic"], np.int64))
                 tonics = np.concatenate([tonics[len(tonics) - len(kept_tok):], np.full(n_tok, state["tonic"])])
                 state["tonics"] = tonics
-            z = self._dpd(rotate_tokens(tokens, tonics) if rotate else tokens, kept_z, n_frames, s, rng,
-                          stats, progress)
+            # the DPD sees at most DPD_CONTEXT_CHUNKS of the kept latents (angle 0) before the new ones
+            d_tok = min(len(kept_tok), DPD_CONTEXT_CHUNKS * c.chunk_tokens)
+            d_z = d_tok * c.frames_per_token
+            z_new = self._dpd((rotate_tokens(tokens, tonics) if rotate else tokens)[len(kept_tok) - d_tok:],
+                              kept_z[len(kept_z) - d_z:], n_frames, s, rng, stats, progress)
+            z = np.concatenate([kept_z[: len(kept_z) - d_z], z_new])
             ctx = min(len(kept_z), c.chunk_frames)
             tail = state["tail"]
             audio = self._vae(z[len(kept_z) - ctx:], n_frames, n_samples, len(tail), stats)
