@@ -5,9 +5,9 @@ import json
 import numpy as np
 
 from conversion.parity import THRESHOLDS
-from melody_edge import Generator
+from melody_edge import Audio, Generator
 from melody_edge.bundle import load_bundle
-from melody_edge.generator import ASSETS
+from melody_edge.generator import ASSETS, GENERATE_ADVANCE_CHUNKS, JOIN_CROSSFADE_TOKENS
 
 
 def test_default_generator_runs_the_shipped_int8_bundle_on_onnxruntime():
@@ -72,3 +72,27 @@ def test_shipped_bundle_takes_the_controls_and_the_asked_key_moves_the_pitch():
     # one rotated by 4 better than by any other amount
     scores = [np.corrcoef(np.roll(chroma["C major"], s), chroma["E major"])[0, 1] for s in range(12)]
     assert int(np.argmax(scores)) == 4, np.round(scores, 3)
+
+
+def _jump_at(x: np.ndarray, joins: list[int], fade: int) -> list[float]:
+    """Per join: the larger of the jumps into its first new-decode sample and into its crossfade's first sample,
+    over the audio's own 99th-percentile sample-to-sample jump."""
+    jumps = np.abs(np.diff(x))
+    p99 = float(np.percentile(jumps, 99))
+    return [max(jumps[j - 1], jumps[j - 1 - fade]) / p99 for j in joins]
+
+
+def test_shipped_model_joins_segments_without_clicks():
+    gen = Generator()
+    c = gen.config
+    spt = c.sample_rate // c.token_rate
+    fade = JOIN_CROSSFADE_TOKENS * spt
+    advance = GENERATE_ADVANCE_CHUNKS * c.chunk_tokens * spt
+    for prompt, seed in [("a calm piano waltz in D major", 3), ("brisk reel for fiddle and flute, 120 bpm", 1)]:
+        song = gen.generate(prompt, seconds=16, seed=seed).samples
+        joins = list(range(c.window_tokens * spt, len(song) - spt, advance))
+        assert len(joins) == 2
+        assert max(_jump_at(song, joins, fade)) <= 1.0, _jump_at(song, joins, fade)
+        head = song[: 6 * c.sample_rate]  # continuation from real audio: the prompt's end crossfades in
+        cont = gen.continue_audio(Audio(head, c.sample_rate), prompt, seconds=3, seed=seed).samples
+        assert _jump_at(cont, [len(head)], fade)[0] <= 1.0
