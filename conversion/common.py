@@ -114,6 +114,14 @@ def controls_manifest(cfg: Any) -> dict[str, Any] | None:
                        "beat": "per token [sin, cos](2 pi k phase), k = 1..beat_harmonics (zeros: no tempo)"}}
 
 
+def distillation_record(folder: Path | None) -> dict[str, Any] | None:
+    """The ``distillation`` record of a checkpoint's ``config.json`` (``conversion.distill``: teacher and its weights'
+    hash, method, rounds, steps, settings), copied into the bundle manifest; ``None`` for a model not distilled."""
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None
+    return json.loads((Path(folder) / "config.json").read_text()).get("distillation")
+
+
 def write_assets(model: Any, folder: Path | None, stage: Path, files: dict[str, Any]) -> None:
     """The non-graph files of a bundle (ONNX and Core ML alike) into ``stage``, listed in ``files``: the CFG null
     prefix, the MiniLM text tokenizer and the semantic tokenizer (the checkpoint's, or a random preset's)."""

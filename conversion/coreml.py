@@ -16,6 +16,11 @@ Where the Core ML graphs differ from the ONNX ones (both in ``conversion.graphs`
   (n_layers, 2, ...), and the LM graphs are ``graphs.CoreMLPrefill`` and ``graphs.CoreMLStep``:
   ``SemanticLM.prefill`` and ``.step`` over the same blocks without the rank-6 stack (tests check they equal the
   originals).
+- The step graph returns only the new keys and values ``kv`` (2 * n_layers, B, H, 1, head_dim), which the backend
+  writes into its cache (as the ONNX step does; there the cache is also split into one input per layer, because
+  onnxruntime copies slices, which Core ML's single rank-5 input is left as).
+- The VAE graphs read their stored DFT bases (the ONNX ones compute them in-graph): ``compress`` finds the bases by
+  name to leave them uncompressed.
 - Core ML has no empty tensors: prefill takes N >= 1 tokens and returns the logits of the last two positions, and
   the backend feeds a placeholder token when N == 0. Its cache is returned unpadded (Core ML pads rank >= 2 tensors
   by static amounts only) and the backend pads it to max_len.
@@ -51,6 +56,7 @@ from torch import nn
 
 from conversion.common import (
     controls_manifest,
+    distillation_record,
     git_commit,
     load_checkpoint,
     publish,
@@ -284,6 +290,7 @@ def export_coreml(checkpoint: str | Path, out: str | Path, *, precision: str = "
                       "minimum_deployment_target": DEPLOYMENT_TARGET},
             "gate": gate,
             "controls": controls_manifest(model.cfg),
+            "distillation": distillation_record(folder),
         }
         write_manifest(stage, manifest)
         publish(stage, out)

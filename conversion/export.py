@@ -1,11 +1,14 @@
 """Checkpoint -> bundle: ``python -m conversion.export --checkpoint tiny --format onnx --precision int8 --out DIR``.
 
 Exports the six graphs of ``conversion.graphs`` (text encoder = MiniLM + the LM's conditioner, LM prefill, LM decode
-step with the KV cache as explicit inputs/outputs, DPD denoiser, VAE decoder and encoder), quantizes (int8: dynamic,
-per-channel QUInt8 weights, the AVX2-safe recipe of DEPENDENCIES.md; fp16: for CUDA/Core ML, checked here on the CPU
-provider), all in a staging folder next to ``--out``; there it runs the parity gate against torch, records the
-gate in ``manifest.json`` (and ``parity.json``), and only then replaces ``--out`` whole. A failed gate leaves
-``--out`` as it was, puts the failed bundle at ``<out>.failed`` for inspection and raises ``ParityError``.
+step that reads the KV cache and returns the new keys/values, DPD denoiser, VAE decoder and encoder, whose DFT
+kernels are computed in-graph), quantizes (int8: dynamic, per-channel QUInt8 weights, the AVX2-safe recipe of
+DEPENDENCIES.md, plus int8 storage of the VAE's conv weights; fp16: for CUDA/Core ML, checked here on the CPU
+provider), stores the weights the two LM graphs share once (``lm_weights.bin``), runs onnxruntime's mobile
+usability checker per graph (``conversion.providers``), all in a staging folder next to ``--out``; there it runs
+the parity gate against torch, records the gate in ``manifest.json`` (and ``parity.json``), and only then replaces
+``--out`` whole. A failed gate leaves ``--out`` as it was, puts the failed bundle at ``<out>.failed`` for
+inspection and raises ``ParityError``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 
 from conversion.common import (
     controls_manifest,
+    distillation_record,
     git_commit,
     load_checkpoint,
     publish,
@@ -36,17 +40,21 @@ from conversion.common import (
 )
 from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
 from conversion.parity import ParityError, report_parity, snr_db
-from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, sha256
+from conversion.providers import check_graphs
+from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, lm_step_cache_inputs, sha256
 from melody_edge.errors import ConfigError
 from melody_edge.models.melody import MeLoDy
 from melody_edge.text import TextTokenizer
 
 log = logging.getLogger("conversion.export")
 OPSET = 20
+CONV_INT8_MAX_LOSS_DB = 1.0  # int8 conv weights are kept where they cost at most this (choose_conv_storage)
+LM_WEIGHTS = "lm_weights.bin"  # the weights lm_prefill.onnx and lm_step.onnx share (ONNX external data)
 E2E_SECONDS = 2.0  # teacher-forced end-to-end clip: 50 tokens, within one window of every preset
 
 
-def _dynamic_shapes(name: str, controls: bool = False) -> dict[str, Any]:
+def _dynamic_shapes(name: str, names: list[str]) -> dict[str, Any]:
+    controls = "beat" in names
     D = torch.export.Dim
     B = D("B", min=1, max=64)
     if name == "text_encoder":
@@ -56,7 +64,8 @@ def _dynamic_shapes(name: str, controls: bool = False) -> dict[str, Any]:
         beat = {"beat": {0: B, 1: D("M", min=1, max=4097)}} if controls else {}  # M = N + 1, checked at run time
         return {"prefix": {0: B}, "tokens": {0: B, 1: N}, **beat}
     if name == "lm_step":
-        return {"token": {0: B}, "pos": {}, "cache": {2: B}, **({"beat": {0: B}} if controls else {})}
+        n_cache = sum(n.startswith("cache_") for n in names)  # the *cache arguments of graphs.LMStep
+        return {"token": {0: B}, "pos": {}, **({"beat": {0: B}} if controls else {}), "cache": ({0: B},) * n_cache}
     if name == "dpd":
         L = D("L", min=1, max=1 << 20)
         return {"z": {0: B, 1: L}, "angles": {0: B, 1: L}, "tokens": {0: B, 1: D("N", min=1, max=1 << 20)}}
@@ -76,27 +85,252 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], name: str, p
                               dynamic_axes={n: {0: "B"} for n in names + OUTPUTS[name]}, opset_version=OPSET)
         else:
             torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, output_names=OUTPUTS[name],
-                              dynamic_shapes=_dynamic_shapes(name, "beat" in names), opset_version=OPSET,
+                              dynamic_shapes=_dynamic_shapes(name, names), opset_version=OPSET,
                               optimize=True,
                               external_data=False)
+    import onnx
+
+    graph = onnx.load(str(path))
+    if divide_by_sqrt(graph):
+        onnx.save(graph, str(path))
+
+
+def divide_by_sqrt(model: Any) -> int:
+    """Rewrite ``a * Reciprocal(Sqrt(s))`` (how ``torch.rsqrt`` exports) as ``a / Sqrt(s)`` in place, the pattern
+    onnxruntime fuses into one ``SimplifiedLayerNormalization`` per RMSNorm (7 nodes -> 1; the LM step graph of the
+    tiny model goes from 278 to 224 nodes after onnxruntime's own fusions). Returns the number of rewrites."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    users: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    done = []
+    for r in g.node:
+        src = producer.get(r.input[0]) if r.op_type == "Reciprocal" else None
+        muls = users.get(r.output[0], []) if src is not None and src.op_type == "Sqrt" else []
+        if (not muls or r.output[0] in graph_outputs
+                or any(m.op_type != "Mul" or list(m.input).count(r.output[0]) != 1 for m in muls)):
+            continue
+        for m in muls:
+            other = next(i for i in m.input if i != r.output[0])
+            m.op_type = "Div"
+            m.input[:] = [other, r.input[0]]
+        done.append(r)
+    for r in done:
+        g.node.remove(r)
+    return len(done)
 
 
 def quantize(src: Path, dst: Path, precision: str) -> None:
     """int8: dynamic quantization of MatMul/Gemm/Gather weights, per-channel QUInt8 (accurate on AVX2 without VNNI);
     fp16: all float tensors to float16 with float32 inputs/outputs kept, by onnxruntime's converter (onnxconverter-
-    common's leaves MiniLM's ``Cast(to=float)`` nodes typed float16 in value_info: onnxruntime refuses the graph)."""
+    common's leaves MiniLM's ``Cast(to=float)`` nodes typed float16 in value_info: onnxruntime refuses the graph).
+    At both, the nodes that compute constants (the VAE's DFT kernels, ``vae.dft_kernel``, folded by onnxruntime at
+    session load) stay float32 and unquantized: an int8 gather of the cosine table, or the kernel multiplied out in
+    float16, would change the fixed transforms, not just round learned weights."""
+    import onnx
+
+    graph = onnx.load(str(src))
+    unnamed = any(not n.name for n in graph.graph.node)
+    fixed = constant_nodes(graph)
+    if unnamed:  # the quantizers read src: give them the names the lists refer to
+        onnx.save(graph, str(src))
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather"])  # Gather: MiniLM's embeddings
+                         op_types_to_quantize=["MatMul", "Gemm", "Gather"],  # Gather: MiniLM's embeddings
+                         nodes_to_exclude=fixed)
     elif precision == "fp16":
-        import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+        model = convert_float_to_float16(graph, keep_io_types=True, node_block_list=fixed)
+        drop_float16_round_trips(model)
+        onnx.save(model, str(dst))
     else:
         shutil.copyfile(src, dst)
+
+
+def choose_conv_storage(path: Path, module: nn.Module, inputs: dict[str, torch.Tensor], tmp: Path
+                        ) -> dict[str, Any]:
+    """For an int8 graph ``path``: store conv weights as int8 (``int8_conv_weights``) one at a time, largest first,
+    keeping each only while the graph's SNR against ``module`` (torch) on ``inputs`` stays within
+    ``CONV_INT8_MAX_LOSS_DB`` of the all-float32 graph; rewrites ``path``. Returns the weights kept as int8 and the
+    SNRs, for the manifest. Measured on the tiny VAE: the big convs (decoder projection 0.5 M, encoder input conv
+    0.9 M weights) cost under 0.2 dB; the 1x1 linear paths (the whitened PCA of ``VAE.init_linear_paths``) cost
+    8-17 dB and stay float32; the debug preset's random-weight VAE keeps everything float32."""
+    import onnx
+    import onnxruntime as ort
+
+    with torch.inference_mode():
+        ref = module(*inputs.values()).numpy()
+    feed = {k: v.numpy() for k, v in inputs.items()}
+
+    def snr(p: Path) -> float:
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        return round(float(snr_db(ref, sess.run(None, feed)[0])), 2)
+
+    base = onnx.load(str(path))
+    size = {i.name: int(np.prod(i.dims)) for i in base.graph.initializer}
+    candidates = sorted(int8_conv_weights(base), key=lambda n: -size[n])
+    record: dict[str, Any] = {"int8_conv_weights": [], "float32_snr_db": snr(path), "rejected": {}}
+    floor = record["float32_snr_db"] - CONV_INT8_MAX_LOSS_DB
+    best = None
+    for name in candidates:
+        model = onnx.load(str(path))
+        int8_conv_weights(model, only={*record["int8_conv_weights"], name})
+        trial = tmp / f"{path.stem}.int8conv.onnx"
+        onnx.save(model, str(trial))
+        got = snr(trial)
+        if got >= floor:
+            record["int8_conv_weights"].append(name)
+            record["snr_db"] = got
+            best = trial.read_bytes()
+        else:
+            record["rejected"][name] = got
+    if best is not None:
+        path.write_bytes(best)
+    log.info("%s: conv weights stored int8 %s (%.2f dB; float32 %.2f dB), float32 %s", path.stem,
+             record["int8_conv_weights"], record.get("snr_db", record["float32_snr_db"]), record["float32_snr_db"],
+             record["rejected"])
+    return record
+
+
+def int8_conv_weights(model: Any, min_elements: int = 16384, only: set[str] | None = None) -> list[str]:
+    """Store the float32 weights of Conv / ConvTranspose nodes with at least ``min_elements`` (and named in ``only``
+    when given) as int8, symmetric per output channel, behind a ``DequantizeLinear``, in place; returns their names.
+    Weight-only: the convolution still computes in float32 on the dequantized weight (dynamic quantization has no
+    Conv kernel that keeps the VAE's parity). onnxruntime runs the DequantizeLinear each call (it does not fold it,
+    to keep QDQ patterns for other providers): measured 0.1 ms for the tiny VAE decoder's projection, within noise
+    of its 20 ms. ``choose_conv_storage`` decides which by measured parity."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    done = []
+    for node in list(g.node):
+        w = inits.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
+        if (w is None or w.data_type != onnx.TensorProto.FLOAT or int(np.prod(w.dims)) < min_elements
+                or readers[w.name] != 1 or (only is not None and w.name not in only)):
+            continue
+        a = numpy_helper.to_array(w)
+        axis = 0 if node.op_type == "Conv" else 1  # the output channels: (C_out, C_in/g, k) / (C_in, C_out/g, k)
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        scale = np.abs(a).max(axis=tuple(d for d in range(a.ndim) if d != axis)) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.round(a / scale.reshape(shape)), -127, 127).astype(np.int8)
+        g.initializer.remove(w)
+        g.initializer.extend([numpy_helper.from_array(q, f"{w.name}_int8"),
+                              numpy_helper.from_array(scale, f"{w.name}_scale"),
+                              numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{w.name}_zero_point")])
+        dq = helper.make_node("DequantizeLinear", [f"{w.name}_int8", f"{w.name}_scale", f"{w.name}_zero_point"],
+                              [w.name], name=f"{w.name}_dequantize", axis=axis)
+        g.node.insert(list(g.node).index(node), dq)
+        done.append(w.name)
+    return done
+
+
+def share_weights(folder: Path, graphs: list[str], data_file: str, min_bytes: int = 1024) -> int:
+    """Store each initializer that two or more of ``graphs`` (ONNX files in ``folder``) hold with the same contents
+    once, in ``data_file`` beside them, as ONNX external data that every one of them references (4 kB aligned);
+    rewrites the graphs in place and returns the bytes saved. The LM prefill and step graphs hold the same
+    quantized weights: 3.3 MB of the tiny int8 bundle's 7.7 MB. onnxruntime reads external data only from the
+    model's own folder (it refuses a location with ``..`` or an absolute path)."""
+    import onnx
+    from onnx import numpy_helper
+
+    models = {name: onnx.load(str(folder / name)) for name in graphs}
+
+    def raw(t: Any) -> bytes:
+        return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+
+    def key(t: Any) -> tuple[int, tuple[int, ...], bytes]:
+        return t.data_type, tuple(t.dims), raw(t)
+
+    holders: dict[tuple[int, tuple[int, ...], bytes], set[str]] = {}
+    for name, m in models.items():
+        for t in m.graph.initializer:
+            if len(raw(t)) >= min_bytes:
+                holders.setdefault(key(t), set()).add(name)
+    offsets: dict[tuple[int, tuple[int, ...], bytes], int] = {}
+    saved = 0
+    with open(folder / data_file, "wb") as f:
+        for m in models.values():
+            for t in m.graph.initializer:
+                k = key(t)
+                if len(holders.get(k, ())) < 2:
+                    continue
+                if k not in offsets:
+                    f.write(b"\0" * (-f.tell() % 4096))
+                    offsets[k] = f.tell()
+                    f.write(k[2])
+                else:
+                    saved += len(k[2])
+                for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(field)
+                del t.external_data[:]
+                for field, value in (("location", data_file), ("offset", offsets[k]), ("length", len(k[2]))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = field, str(value)
+                t.data_location = onnx.TensorProto.EXTERNAL
+    for name, m in models.items():
+        (folder / name).write_bytes(m.SerializeToString())
+    return saved
+
+
+def drop_float16_round_trips(model: Any) -> int:
+    """Remove ``Cast(float32 -> float16) -> Cast(-> float32)`` pairs in place: onnxruntime's float16 converter
+    wraps every node it was told to keep in float32 that way, so a chain of kept nodes (the DFT kernel) is rounded
+    to float16 between each two (measured: the tiny VAE decoder 0.12 dB lower than with the kernel stored). The
+    kept chain then computes in float32 and is rounded once, where a float16 node reads it. Returns the count."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    f16, f32 = 10, 1
+    dropped = 0
+    for node in g.node:
+        for j, x in enumerate(node.input):
+            back = producer.get(x)
+            if back is None or back.op_type != "Cast" or _cast_to(back) != f32:
+                continue
+            down = producer.get(back.input[0])
+            if down is None or down.op_type != "Cast" or _cast_to(down) != f16 or not down.name.endswith(
+                    "_cast_to_fp16_node"):
+                continue
+            node.input[j] = down.input[0]
+            dropped += 1
+    while True:  # the casts left unread, back to front
+        used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+        unread = [n for n in g.node if n.op_type == "Cast" and not set(n.output) & used]
+        if not unread:
+            return dropped
+        for n in unread:
+            g.node.remove(n)
+
+
+def _cast_to(node: Any) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), -1)
+
+
+def constant_nodes(model: Any) -> list[str]:
+    """Names of the nodes whose inputs are all initializers or outputs of such nodes (what onnxruntime folds into
+    constants at session load), naming unnamed nodes in place so that they can be listed."""
+    known = {i.name for i in model.graph.initializer}
+    names = []
+    for i, node in enumerate(model.graph.node):
+        if node.input and all(x in known or x == "" for x in node.input) or node.op_type == "Constant":
+            if not node.name:
+                node.name = f"constant_node_{i}"
+            known.update(node.output)
+            names.append(node.name)
+    return names
 
 
 def _spec(path: Path) -> dict[str, Any]:
@@ -125,9 +359,19 @@ def component_parity(model: MeLoDy, be: Any, inputs: dict[str, dict[str, torch.T
     """Torch vs bundle on the same inputs: LM logits max abs diff and greedy agreement, SNR of the others."""
     mods = onnx_graphs(model)
     with torch.inference_mode():
-        ref = {k: mods[k](**v) for k, v in inputs.items()}
+        ref = {k: mods[k](*v.values()) for k, v in inputs.items()}  # positional: LMStep takes *cache
     np_in = {k: {n: t.numpy() for n, t in v.items()} for k, v in inputs.items()}
     out = {k: be._run(k, **np_in[k]) for k in inputs}
+    # the step's cache figure is the whole cache after the step, as it was when the graph returned it: the torch
+    # model's full-cache ``step`` against the example cache with the bundle's new keys/values written at ``pos``
+    step = inputs["lm_step"]
+    n_layers, pos = model.cfg.lm.n_layers, int(step["pos"])
+    packed = torch.stack([step[n] for n in lm_step_cache_inputs(n_layers)]).unflatten(0, (n_layers, 2))
+    with torch.inference_mode():
+        ref["lm_step"] = model.lm.step(step["token"], step["pos"], packed, step.get("beat"))
+    stepped = packed.numpy().copy()
+    stepped[..., pos:pos + 1, :] = out["lm_step"][1]
+    out["lm_step"] = [out["lm_step"][0], stepped]
     # teacher-forced LM over a whole sequence: prefill with the prefix, then one step per example token, in torch
     # and in the bundle (B x N logits rows for the greedy-token agreement)
     prefix, tokens = inputs["lm_prefill"]["prefix"], inputs["lm_prefill"]["tokens"]
@@ -216,9 +460,12 @@ def finish(stage: Path, out: str | Path, manifest: dict[str, Any], gate: dict[st
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", precision: str = "fp32",
-                  steps: int = 8, schedule: str = "paper", check: bool = True, e2e: bool = True) -> Path:
+                  steps: int = 8, schedule: str = "paper", check: bool = True, e2e: bool = True,
+                  provider_check: bool = True) -> Path:
     """Export ``checkpoint`` to a bundle folder ``out`` (replaced whole, only after the parity gate ran; see the
-    module docstring); returns ``out``."""
+    module docstring); returns ``out``. ``provider_check``: run onnxruntime's mobile usability checker on each graph
+    and record its verdicts in the manifest (``conversion.providers``; ~10 s), which the backend chooses
+    execution providers from."""
     if fmt != "onnx":
         if fmt == "coreml":
             from conversion.coreml import export_coreml
@@ -239,11 +486,19 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx",
             dst = stage / f"{name}.onnx"
             quantize(raw, dst, precision)
             files[name] = {"path": dst.name, "spec": _spec(dst)}
+            if precision == "int8" and name.startswith("vae"):
+                files[name]["recipe"] = choose_conv_storage(dst, graphs[name], inputs[name], Path(tmp))
             log.info("[%d/%d] %s: %.1f MB (%.1f s)", i, len(COMPONENTS), name, dst.stat().st_size / 1e6,
                      time.perf_counter() - t0)
+        shared = share_weights(stage, [files["lm_prefill"]["path"], files["lm_step"]["path"]], LM_WEIGHTS)
+        files["lm_weights"] = {"path": LM_WEIGHTS}
+        log.info("lm_prefill and lm_step share %s: %.1f MB stored once", LM_WEIGHTS, shared / 1e6)
         write_assets(model, folder, stage, files)
         for entry in files.values():
             entry["sha256"] = sha256(stage / entry["path"])
+            entry["bytes"] = (stage / entry["path"]).stat().st_size
+        providers = (check_graphs({name: stage / files[name]["path"] for name in COMPONENTS}) if provider_check
+                     else {"status": "not run (provider_check=False)", "graphs": {}})
         import onnx
         import onnxruntime
 
@@ -255,7 +510,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx",
             "tools": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                       "python": platform.python_version(), "opset": OPSET},
             "gate": {"passed": None, "status": "not run yet"},
+            "provider_check": providers,
             "controls": controls_manifest(model.cfg),
+            "distillation": distillation_record(folder),
         }
         write_manifest(stage, manifest)
         if not check:
@@ -285,11 +542,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="diffusion steps of the end-to-end gate (and the manifest)")
     p.add_argument("--out", required=True)
     p.add_argument("--no-check", action="store_true", help="skip the parity gates (recorded as not run)")
+    p.add_argument("--no-provider-check", action="store_true",
+                   help="skip onnxruntime's mobile usability checker (the backend then uses the CPU provider, or "
+                        "CUDA for fp16)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     precision = a.precision or ("fp16" if a.format == "coreml" else "fp32")
     try:
-        export_bundle(a.checkpoint, a.out, fmt=a.format, precision=precision, steps=a.steps, check=not a.no_check)
+        export_bundle(a.checkpoint, a.out, fmt=a.format, precision=precision, steps=a.steps, check=not a.no_check,
+                      provider_check=not a.no_provider_check)
     except ParityError as e:
         log.error("%s", e)
         return 1

@@ -11,12 +11,17 @@ same blocks as ``SemanticLM.prefill`` / ``.step`` without the rank-6 cache stack
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
+from melody_edge.bundle import lm_step_cache_inputs
 from melody_edge.controls import beat_features
 from melody_edge.models.layers import rope_angles
+from melody_edge.models.lm import rope_matrix
 from melody_edge.models.melody import MeLoDy
+from melody_edge.models.vae import ISTFT, STFT
 from melody_edge.text import TextTokenizer
 
 # parity is measured on real captions: random word-piece ids are far from what the text encoder sees and
@@ -24,7 +29,7 @@ from melody_edge.text import TextTokenizer
 PARITY_PROMPTS = ("a slow chorale for string ensemble in G major, 3/4, 66 BPM",
                   "a lively folk dance for flute in A minor, allegro 132 bpm")
 
-OUTPUTS = {"text_encoder": ["prefix"], "lm_prefill": ["logits", "cache"], "lm_step": ["logits", "cache_out"],
+OUTPUTS = {"text_encoder": ["prefix"], "lm_prefill": ["logits", "cache"], "lm_step": ["logits", "kv"],
            "dpd": ["v"], "vae_decoder": ["audio"], "vae_encoder": ["z"]}
 
 
@@ -73,22 +78,32 @@ class LMPrefillBeat(LMPrefill):
 
 
 class LMStep(nn.Module):
-    """token (B,), pos (), cache -> logits (B, V), the cache with position ``pos`` written."""
+    """token (B,), pos (), the cache as one (B, H, max_len, hd) input per layer and keys/values (``cache_k0``,
+    ``cache_v0``, ``cache_k1``, ...: ``bundle.lm_step_cache_inputs``) holding positions < pos -> logits (B, V) and
+    the new keys and values kv (n_layers, 2, B, H, 1, hd) of position ``pos`` (``SemanticLM.step_kv``). The cache is
+    only read: the backend keeps it and writes kv in place. Separate inputs because onnxruntime copies every slice it
+    takes of a tensor. Bundles exported before issue 13 take one ``cache`` input and return the updated copy as
+    ``cache_out``; the backends tell the two apart by that output name."""
 
     def __init__(self, model: MeLoDy) -> None:
         super().__init__()
         self.lm = model.lm
 
-    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lm.step(token, pos, cache)
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, *cache: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm.step_kv(token, pos, _pairs(cache))
 
 
 class LMStepBeat(LMStep):
-    """``LMStep`` with the beat clock: beat (B, F) of the token this step predicts."""
+    """``LMStep`` with the beat clock: beat (B, F) of the token this step predicts (before the cache inputs)."""
 
-    def forward(self, token: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, beat: torch.Tensor
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, beat: torch.Tensor, *cache: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lm.step(token, pos, cache, beat)
+        return self.lm.step_kv(token, pos, _pairs(cache), beat)
+
+
+def _pairs(cache: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(cache[i], cache[i + 1]) for i in range(0, len(cache), 2)]
 
 
 class DPDDenoiser(nn.Module):
@@ -102,23 +117,35 @@ class DPDDenoiser(nn.Module):
         return self.dpd(z, angles, tokens)
 
 
-class VAEDecoder(nn.Module):
-    """Diffusion latents (B, L, C) -> audio (B, L * hop)."""
+def _kernels_in_graph(vae: nn.Module) -> nn.Module:
+    """A copy of ``vae`` whose STFT/iSTFT compute their DFT kernels in the graph (``vae.dft_kernel``): an exported
+    graph then stores no 14.8 MB table (tiny model), onnxruntime folds the kernel at session load. The model itself
+    keeps reading its buffers."""
+    vae = copy.deepcopy(vae)
+    for m in vae.modules():
+        if isinstance(m, (STFT, ISTFT)):
+            m.kernel_in_graph = True
+    return vae
 
-    def __init__(self, model: MeLoDy) -> None:
+
+class VAEDecoder(nn.Module):
+    """Diffusion latents (B, L, C) -> audio (B, L * hop). ``kernel_in_graph``: see ``_kernels_in_graph`` (the ONNX
+    graphs; Core ML keeps the stored bases, which ``coreml.compress`` leaves uncompressed by name)."""
+
+    def __init__(self, model: MeLoDy, kernel_in_graph: bool = False) -> None:
         super().__init__()
-        self.vae = model.vae
+        self.vae = _kernels_in_graph(model.vae) if kernel_in_graph else model.vae
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode_from_diffusion(z)
 
 
 class VAEEncoder(nn.Module):
-    """Audio (B, T) -> diffusion latents (B, ceil(T / hop), C)."""
+    """Audio (B, T) -> diffusion latents (B, ceil(T / hop), C); ``kernel_in_graph`` as for ``VAEDecoder``."""
 
-    def __init__(self, model: MeLoDy) -> None:
+    def __init__(self, model: MeLoDy, kernel_in_graph: bool = False) -> None:
         super().__init__()
-        self.vae = model.vae
+        self.vae = _kernels_in_graph(model.vae) if kernel_in_graph else model.vae
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.vae.encode_for_diffusion(audio)
@@ -147,8 +174,9 @@ class CoreMLPrefill(nn.Module):
 
 
 class CoreMLStep(nn.Module):
-    """``SemanticLM.step`` without rank-6 tensors: token (B,), pos (1,), cache (2 * n_layers, B, H, max_len,
-    head_dim) -> (logits (B, V), updated cache)."""
+    """``SemanticLM.step_kv`` without rank-6 tensors: token (B,), pos (1,), cache (2 * n_layers, B, H, max_len,
+    head_dim) holding positions < pos -> (logits (B, V), the new keys and values kv (2 * n_layers, B, H, 1,
+    head_dim) that the backend writes at ``pos``)."""
 
     def __init__(self, model: MeLoDy) -> None:
         super().__init__()
@@ -161,11 +189,11 @@ class CoreMLStep(nn.Module):
         x = lm.tok_emb(token)[:, None]  # (B, 1, D)
         if beat is not None and lm.beat_proj is not None:
             x = x + lm.beat_proj(beat)[:, None]
-        cos, sin = rope_angles(pos, lm.cfg.head_dim, lm.cfg.rope_theta)
-        mask = torch.where(torch.arange(cache.shape[-2], device=x.device) <= p, 0.0, -1e9)[None, None, None, :]
+        rot = rope_matrix(p, lm.cfg.head_dim, lm.cfg.rope_theta)
+        past_mask = torch.where(torch.arange(cache.shape[-2], device=x.device) < p, 0.0, -1e9)[None, None, None, :]
         kvs = []
         for i, blk in enumerate(lm.blocks):
-            x, kv = blk(x, cos, sin, mask, cache[2 * i : 2 * i + 2], p)
+            x, kv = blk.decode(x, rot, past_mask, cache[2 * i : 2 * i + 2])
             kvs.append(kv)
         return lm.head(lm.norm(x[:, 0])), torch.cat(kvs)
 
@@ -176,12 +204,15 @@ def onnx_graphs(model: MeLoDy) -> dict[str, nn.Module]:
     return {"text_encoder": (TextControlPrefix if ctl else TextPrefix)(model).eval(),
             "lm_prefill": (LMPrefillBeat if ctl else LMPrefill)(model).eval(),
             "lm_step": (LMStepBeat if ctl else LMStep)(model).eval(), "dpd": DPDDenoiser(model).eval(),
-            "vae_decoder": VAEDecoder(model).eval(), "vae_encoder": VAEEncoder(model).eval()}
+            "vae_decoder": VAEDecoder(model, kernel_in_graph=True).eval(),
+            "vae_encoder": VAEEncoder(model, kernel_in_graph=True).eval()}
 
 
 def coreml_graphs(model: MeLoDy) -> dict[str, nn.Module]:
-    """The six graphs of a Core ML bundle: the ONNX ones with the LM prefill and step in the rank-5 layout."""
-    return {**onnx_graphs(model), "lm_prefill": CoreMLPrefill(model).eval(), "lm_step": CoreMLStep(model).eval()}
+    """The six graphs of a Core ML bundle: the ONNX ones with the LM prefill and step in the rank-5 layout and the
+    VAE reading its stored DFT bases."""
+    return {**onnx_graphs(model), "lm_prefill": CoreMLPrefill(model).eval(), "lm_step": CoreMLStep(model).eval(),
+            "vae_decoder": VAEDecoder(model).eval(), "vae_encoder": VAEEncoder(model).eval()}
 
 
 def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -198,13 +229,14 @@ def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Te
         _, cache = model.lm.prefill(prefix, tokens, beat[:, : N + 1] if ctl.enabled else None)
     text = {"input_ids": ids, "attention_mask": mask}
     prefill = {"prefix": prefix, "tokens": tokens}
-    step = {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.prefix_len + N, dtype=torch.int64),
-            "cache": cache.clone()}
+    step = {"token": tokens[:, 0].clone(), "pos": torch.tensor(c.prefix_len + N, dtype=torch.int64)}
     if ctl.enabled:  # one sample with every control given, one with none
         text.update(key=torch.tensor([1, ctl.n_keys]), bpm=torch.tensor([96.0, 0.0]),
                     metre=torch.tensor([4, ctl.n_metres]), family=torch.tensor([2, ctl.n_families]))
         prefill["beat"] = beat[:, : N + 1].clone()
         step["beat"] = beat[:, N + 1].clone()
+    # the cache inputs come last (LMStep's *cache)
+    step.update(zip(lm_step_cache_inputs(c.lm.n_layers), cache.flatten(0, 1).clone(), strict=True))
     return {
         "text_encoder": text,
         "lm_prefill": prefill,
@@ -220,6 +252,8 @@ def coreml_example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, t
     """``example_inputs`` in the Core ML layout: ``pos`` (1,) and the cache (2 * n_layers, B, H, L, hd)."""
     inputs = example_inputs(model, seed)
     step = inputs["lm_step"]
-    step["pos"] = step["pos"].reshape(1)
-    step["cache"] = step["cache"].flatten(0, 1)
+    names = lm_step_cache_inputs(model.cfg.lm.n_layers)
+    cache = torch.stack([step.pop(n) for n in names])
+    inputs["lm_step"] = {"token": step["token"], "pos": step["pos"].reshape(1), "cache": cache,
+                         **({"beat": step["beat"]} if "beat" in step else {})}
     return inputs

@@ -52,7 +52,12 @@ from melody_edge.models.config import (
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = 1
+# 2 (issue 13): the LM step graph reads the cache as one input per layer and keys/values and returns only the new
+# kv; the LM graphs share lm_weights.bin; the manifest records provider_check. 1: the step takes the whole cache and
+# returns an updated copy, which the onnxruntime backend still runs. A reader refuses bundles newer than it knows,
+# so an older melody-edge says "upgrade" to a format-2 bundle instead of failing inside onnxruntime.
+BUNDLE_FORMAT = 2
+OLDEST_FORMAT = 1  # the oldest format this version still reads
 MANIFEST = "manifest.json"
 COMPONENTS = ("text_encoder", "lm_prefill", "lm_step", "dpd", "vae_decoder", "vae_encoder")
 ASSETS = ("null_prefix", "text_tokenizer")  # required besides the graphs; "semantic_tokenizer" is optional
@@ -77,7 +82,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "vae.hop": (60, SAMPLE_RATE // TOKEN_RATE), "vae.latent_dim": (1, 1024), "vae.enc_dim": (1, 1 << 14),
     "vae.enc_layers": (1, 256), "vae.dec_dim": (1, 1 << 14), "vae.dec_layers": (1, 256), "vae.kernel": (1, 255),
     "vae.ffn_mult": (1, 16), "vae.disc_channels": (1, 4096),
-    "window_tokens": (4, 4096), "n_chunks": (1, 64),
+    "window_tokens": (4, 4096), "n_chunks": (1, 64), "dpd_steps": (1, 1000),
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {  # inclusive, except that 0 is refused where the low end is 0+
     "text.dropout_p": (0.0, 1.0), "lm.rope_theta": (1.0, 1e9), "lm.norm_eps": (1e-12, 1.0), "lm.dropout": (0.0, 1.0),
@@ -86,6 +91,14 @@ _FLOAT_RANGES: dict[str, tuple[float, float]] = {  # inclusive, except that 0 is
 }
 _SECTIONS = {"text": TextConfig, "lm": LMConfig, "dpd": DPDConfig, "vae": VAEConfig}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def lm_step_cache_inputs(n_layers: int) -> list[str]:
+    """The KV-cache inputs of an ONNX ``lm_step`` graph, one (B, H, max_len, head_dim) tensor per layer and keys or
+    values, in order: ``cache_k0``, ``cache_v0``, ``cache_k1``, ... (its outputs are ``logits`` and ``kv``, the
+    step's new keys and values). Step graphs exported before issue 13 take one ``cache`` input instead and return
+    the updated cache as ``cache_out``; the backend still runs them."""
+    return [f"cache_{kv}{i}" for i in range(n_layers) for kv in "kv"]
 
 
 def sha256(path: Path) -> str:
@@ -191,7 +204,7 @@ def _check_manifest(manifest: Any, mpath: Path) -> None:
     if version > BUNDLE_FORMAT:
         raise BundleError(f"bundle {mpath.parent} has format version {version}, newer than this melody-edge reads "
                           f"({BUNDLE_FORMAT}); upgrade melody-edge (pip install -U melody-edge)")
-    if version < BUNDLE_FORMAT:
+    if version < OLDEST_FORMAT:
         raise BundleError(f"bundle {mpath.parent} has old format version {version}; re-export it with this version")
     fmt = manifest.get("format")
     if fmt not in FORMATS:
@@ -229,6 +242,24 @@ def _check_manifest(manifest: Any, mpath: Path) -> None:
     gate = manifest.get("gate")
     if gate is not None and (not isinstance(gate, dict) or not isinstance(gate.get("passed"), (bool, type(None)))):
         raise bad("'gate' must be an object whose 'passed' is true, false or null")
+    _check_provider_check(manifest.get("provider_check"), bad)
+
+
+def _check_provider_check(record: Any, bad: Any) -> None:
+    """``provider_check`` (optional, written by ``conversion.providers``): {"graphs": {component: {provider:
+    {"as_is": "YES" | "MAYBE" | "NO", ...}}}, ...}; the onnxruntime backend picks providers from it."""
+    if record is None:
+        return
+    graphs = record.get("graphs") if isinstance(record, dict) else None
+    if not isinstance(graphs, dict):
+        raise bad("'provider_check' must be an object with a 'graphs' object")
+    for comp, verdicts in graphs.items():
+        if comp not in COMPONENTS or not isinstance(verdicts, dict):
+            raise bad(f"provider_check.graphs[{comp!r}] must be a component's object of verdicts")
+        for ep, v in verdicts.items():
+            if not isinstance(v, dict) or v.get("as_is") not in ("YES", "MAYBE", "NO"):
+                raise bad(f"provider_check.graphs[{comp!r}][{ep!r}] must be an object whose 'as_is' is YES, MAYBE "
+                          "or NO")
 
 
 def _check_spec(spec: Any, where: str, bad: Any) -> None:
@@ -325,6 +356,8 @@ def check_config_dict(d: Any) -> None:
             _check_value(f"{section}.{key}", value, known[key])
     for key in ("window_tokens", "n_chunks"):
         _check_int(key, d.get(key))
+    if "dpd_steps" in d:
+        _check_int("dpd_steps", d["dpd_steps"])
     for key in ("guidance", "lm_guidance"):
         if key in d:
             _check_float(key, d[key])
@@ -394,10 +427,19 @@ def _check_specs_fit(c: ModelConfig, files: dict[str, Any]) -> None:
         ("lm_step", "outputs", "logits", -1, c.lm.vocab_size, "lm.vocab_size"),
         ("lm_step", "inputs", "cache", -2, c.lm_max_len, "the KV-cache length (prefix + window_tokens)"),
         ("lm_step", "inputs", "cache", -1, c.lm.head_dim, "lm.dim // lm.n_heads"),
+        *[("lm_step", "inputs", name, axis, expected, what) for name in lm_step_cache_inputs(c.lm.n_layers)
+          for axis, expected, what in ((-2, c.lm_max_len, "the KV-cache length (prefix + window_tokens)"),
+                                       (-3, c.lm.n_heads, "lm.n_heads"), (-1, c.lm.head_dim, "lm.dim // lm.n_heads"))],
         ("dpd", "inputs", "z", -1, c.vae.latent_dim, "vae.latent_dim"),
         ("vae_decoder", "inputs", "z", -1, c.vae.latent_dim, "vae.latent_dim"),
         ("vae_encoder", "outputs", "z", -1, c.vae.latent_dim, "vae.latent_dim"),
     ]
+    step_inputs = files["lm_step"]["spec"]["inputs"]
+    cache_names = lm_step_cache_inputs(c.lm.n_layers)
+    if "cache" not in step_inputs and sorted(n for n in step_inputs if n.startswith("cache")) != sorted(cache_names):
+        raise ConfigError(f"model config does not fit the graphs: lm_step takes the cache inputs "
+                          f"{sorted(n for n in step_inputs if n.startswith('cache'))}, the config's lm.n_layers "
+                          f"{c.lm.n_layers} gives {cache_names}; re-export the bundle")
     for comp, side, tensor, axis, expected, what in want:
         shape = dims(comp, side, tensor)
         if shape is None or len(shape) < -axis:

@@ -44,7 +44,7 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
                    help="'tiny' (bundled model), 'debug', 'paper', or a checkpoint folder")
     p.add_argument("--backend", default="auto", help="auto | torch")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's, 8 unless distilled)")
     p.add_argument("--guidance", type=float, default=None,
                    help="DPD classifier-free guidance (default: the model's; 1 for tiny)")
     p.add_argument("--lm-guidance", type=float, default=None,

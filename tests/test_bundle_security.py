@@ -132,8 +132,11 @@ def _edit(m, how):
         "entry_path_list": lambda: f["dpd"].update(path=["dpd.onnx"]),
         "spec_missing": lambda: f["dpd"].pop("spec"),
         "spec_inputs_list": lambda: f["dpd"]["spec"].update(inputs=[]),
-        "spec_shape_str": lambda: f["lm_step"]["spec"]["inputs"]["cache"].update(shape="big"),
-        "spec_dtype_missing": lambda: f["lm_step"]["spec"]["inputs"]["cache"].pop("dtype"),
+        "spec_shape_str": lambda: f["lm_step"]["spec"]["inputs"]["cache_k0"].update(shape="big"),
+        "spec_dtype_missing": lambda: f["lm_step"]["spec"]["inputs"]["cache_k0"].pop("dtype"),
+        "provider_check_list": lambda: m.update(provider_check=[1]),
+        "provider_check_graph": lambda: m.update(provider_check={"graphs": {"../dpd": {}}}),
+        "provider_check_verdict": lambda: m.update(provider_check={"graphs": {"dpd": {"coreml": {"as_is": 1}}}}),
         "config_list": lambda: m.update(config=[1]),
         "no_config": lambda: m.pop("config"),
         "gate_string": lambda: m.update(gate="passed"),
@@ -148,12 +151,20 @@ def _edit(m, how):
 @pytest.mark.parametrize("how", ["array", "string", "no_format", "bad_format", "no_precision", "version_str",
                                  "files_list", "no_component", "entry_string", "entry_no_sha", "entry_sha_int",
                                  "entry_path_null", "entry_path_list", "spec_missing", "spec_inputs_list",
-                                 "spec_shape_str", "spec_dtype_missing", "config_list", "no_config", "gate_string",
-                                 "gate_passed_str", "steps_negative", "sample_rate"])
+                                 "spec_shape_str", "spec_dtype_missing", "provider_check_list",
+                                 "provider_check_graph", "provider_check_verdict", "config_list", "no_config",
+                                 "gate_string", "gate_passed_str", "steps_negative", "sample_rate"])
 def test_malformed_manifest_raises_bundle_error_not_a_raw_exception(b, how):
     _save(b, _edit(_manifest(b), how))
     _refused(b, error=BundleError)
     assert not verify_bundle(b, load=False).ok
+
+
+def test_step_graph_spec_without_every_layers_cache_input_is_refused(b):
+    m = _manifest(b)
+    m["files"]["lm_step"]["spec"]["inputs"].pop("cache_v1")
+    _save(b, m)
+    _refused(b, "cache inputs", ConfigError)
 
 
 def test_huge_manifest_is_refused_before_parsing(b, monkeypatch):

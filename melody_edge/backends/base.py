@@ -42,7 +42,8 @@ class Backend(ABC):
     def lm_step(self, token: np.ndarray, pos: int, cache: Any, beat: np.ndarray | None = None
                 ) -> tuple[np.ndarray, Any]:
         """token (B,) int64 at sequence position ``pos`` [+ beat features (B, F) of the predicted token]
-        -> (logits (B, V), cache)."""
+        -> (logits (B, V), cache). A backend may update ``cache`` in place (the ONNX one does): pass the returned
+        cache to the next step and do not reuse an earlier one."""
 
     @abstractmethod
     def dpd(self, z: np.ndarray, angles: np.ndarray, tokens: np.ndarray) -> np.ndarray:

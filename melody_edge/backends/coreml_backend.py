@@ -6,7 +6,10 @@ the backend verifies every listed file and folder itself (``sha256_path``) befor
 
 Layouts that differ from the ONNX bundle (see ``conversion/coreml.py``): ids and ``pos`` are int32, ``pos`` is
 (1,), and the LM cache is (2 * n_layers, B, H, max_len, head_dim) (Core ML tensors have rank <= 5); the cache is
-opaque to the generation loop, which only hands it back to ``lm_step``.
+opaque to the generation loop, which only hands it back to ``lm_step``. The step graph returns the new keys and
+values ``kv`` (2 * n_layers, B, H, 1, head_dim), written here into the cache in place; packages exported before
+issue 13 return the whole updated cache as ``cache_out`` and still run. (Not run here off macOS: the Core ML tests
+check the graphs against torch on every platform, the predictions on macOS only.)
 """
 
 from __future__ import annotations
@@ -135,13 +138,18 @@ class CoreMLBackend(Backend):
             extra["beat"] = beat if n else np.concatenate([beat, beat[:, -1:]], axis=1)  # the placeholder's too
         out = self._run("lm_prefill", prefix=prefix, tokens=fed, **extra)
         cache = out["cache"][..., : prefix.shape[1] + n, :]
-        cache = np.pad(cache, [(0, 0)] * 3 + [(0, self._max_len - cache.shape[-2]), (0, 0)])
+        cache = np.pad(cache.astype(np.float32), [(0, 0)] * 3 + [(0, self._max_len - cache.shape[-2]), (0, 0)])
         return out["logits"][:, 1 if n else 0].astype(np.float32), cache
 
     def lm_step(self, token, pos, cache, beat=None):
+        """As ``Backend.lm_step``; with a kv step graph ``cache`` (the array ``lm_prefill`` made) is updated in
+        place and returned."""
         extra = {"beat": beat} if beat is not None and self.config.controls.enabled else {}
         out = self._run("lm_step", token=token, pos=np.array([pos]), cache=cache, **extra)
-        return out["logits"].astype(np.float32), out["cache_out"]
+        if "cache_out" in out:  # a package exported before issue 13
+            return out["logits"].astype(np.float32), out["cache_out"]
+        cache[..., pos : pos + 1, :] = out["kv"]
+        return out["logits"].astype(np.float32), cache
 
     def dpd(self, z, angles, tokens):
         return self._run("dpd", z=z, angles=angles, tokens=tokens)["v"].astype(np.float32)

@@ -22,7 +22,7 @@ from conversion.graphs import (
 )
 from conversion.parity import snr_db
 from melody_edge.backends.coreml_backend import CoreMLBackend, sha256_path, verify_files
-from melody_edge.bundle import COMPONENTS, Bundle, load_bundle, sha256
+from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, load_bundle, sha256
 from melody_edge.errors import BackendUnavailableError, BundleError, ConfigError
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install coremltools)")
@@ -134,7 +134,7 @@ def test_unknown_precision_is_refused(tmp_path):
 
 def test_manifest_hashes_every_package_and_asset(fp16_bundle, model):
     m = load_bundle(fp16_bundle, verify=False).manifest
-    assert m["format"] == "coreml" and m["precision"] == "fp16" and m["bundle_version"] == 1
+    assert m["format"] == "coreml" and m["precision"] == "fp16" and m["bundle_version"] == BUNDLE_FORMAT
     assert m["tools"]["coremltools"] == ct.__version__ and m["tools"]["minimum_deployment_target"] == "macOS14"
     assert m["gate"]["passed"] is None  # no Core ML predictions at export time, on any platform
     if sys.platform != "darwin":
@@ -167,7 +167,7 @@ def test_sha256_path_hashes_folders_by_relative_paths_and_bytes(tmp_path):
 
 
 def test_core_ml_lm_graphs_equal_the_lm(model):
-    inputs = example_inputs(model)
+    inputs = coreml_example_inputs(model)
     prefix, tokens = inputs["lm_prefill"]["prefix"], inputs["lm_prefill"]["tokens"]
     step = inputs["lm_step"]
     with torch.no_grad():
@@ -178,11 +178,12 @@ def test_core_ml_lm_graphs_equal_the_lm(model):
             torch.testing.assert_close(logits[:, 1], ref_logits)
             torch.testing.assert_close(cache, ref_cache.flatten(0, 1)[..., :T, :])
             assert not ref_cache[..., T:, :].any()
-            ref_logits, ref_cache = model.lm.step(step["token"][:B], step["pos"], step["cache"][:, :, :B])
-            logits, cache = CoreMLStep(model)(step["token"][:B], step["pos"].reshape(1),
-                                                 step["cache"][:, :, :B].flatten(0, 1))
+            cache = step["cache"].unflatten(0, (model.cfg.lm.n_layers, 2))[:, :, :B]  # (n_layers, 2, B, ...)
+            pos = int(step["pos"])
+            ref_logits, ref_cache = model.lm.step(step["token"][:B], step["pos"], cache)
+            logits, kv = CoreMLStep(model)(step["token"][:B], step["pos"].reshape(1), cache.flatten(0, 1))
             torch.testing.assert_close(logits, ref_logits)
-            torch.testing.assert_close(cache, ref_cache.flatten(0, 1))
+            torch.testing.assert_close(kv, ref_cache.flatten(0, 1)[..., pos : pos + 1, :])
         empty_logits, _ = model.lm.prefill(prefix[:1], tokens[:1, :0])  # N == 0: the backend's placeholder token
         torch.testing.assert_close(CoreMLPrefill(model)(prefix[:1], tokens[:1, :1])[0][:, 0], empty_logits)
 
@@ -227,11 +228,15 @@ def test_backend_module_imports_without_coremltools():
 @on_macos
 def test_fp16_predictions_match_torch(fp16_bundle, model):
     be = CoreMLBackend(load_bundle(fp16_bundle, verify=False))
-    mods = onnx_graphs(model)
-    inputs = example_inputs(model)
+    mods = coreml_graphs(model)
+    inputs = coreml_example_inputs(model)
     np_in = {k: {n: t.numpy() for n, t in v.items()} for k, v in inputs.items()}
     with torch.no_grad():
-        ref = {k: mods[k](**v) for k, v in inputs.items()}
+        ref = {k: mods[k](**v) for k, v in inputs.items() if k not in ("lm_prefill", "lm_step")}
+        ref["lm_prefill"] = onnx_graphs(model)["lm_prefill"](**example_inputs(model)["lm_prefill"])
+        step = inputs["lm_step"]
+        cache = step["cache"].unflatten(0, (model.cfg.lm.n_layers, 2))
+        ref["lm_step"] = model.lm.step(step["token"], step["pos"].reshape(()), cache, step.get("beat"))
         ref_empty, _ = model.lm.prefill(inputs["lm_prefill"]["prefix"], inputs["lm_prefill"]["tokens"][:, :0])
     assert snr_db(ref["text_encoder"].numpy(), be.encode_text(**np_in["text_encoder"])) > 30
     logits, cache = be.lm_prefill(**np_in["lm_prefill"])
@@ -240,7 +245,7 @@ def test_fp16_predictions_match_torch(fp16_bundle, model):
     prefix = np_in["lm_prefill"]["prefix"]
     assert snr_db(ref_empty.numpy(), be.lm_prefill(prefix, np.zeros((2, 0), np.int64))[0]) > 30
     step = np_in["lm_step"]
-    logits, cache = be.lm_step(step["token"], int(step["pos"]), step["cache"].reshape(-1, *step["cache"].shape[2:]))
+    logits, cache = be.lm_step(step["token"], int(step["pos"][0]), step["cache"].copy(), step.get("beat"))
     assert snr_db(ref["lm_step"][0].numpy(), logits) > 30
     assert snr_db(ref["lm_step"][1].flatten(0, 1).numpy(), cache) > 30
     assert snr_db(ref["dpd"].numpy(), be.dpd(**np_in["dpd"])) > 30

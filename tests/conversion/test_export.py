@@ -10,7 +10,7 @@ import conversion.export
 from conversion.export import export_bundle
 from conversion.parity import THRESHOLDS, ParityError
 from melody_edge import BundleError, Generator
-from melody_edge.bundle import load_bundle
+from melody_edge.bundle import BUNDLE_FORMAT, load_bundle
 from melody_edge.errors import ConfigError
 
 
@@ -125,7 +125,7 @@ def test_manifest_describes_every_component(fp32_bundle):
     for comp in ("text_encoder", "lm_prefill", "lm_step", "dpd", "vae_decoder", "vae_encoder"):
         entry = m["files"][comp]
         assert len(entry["sha256"]) == 64 and entry["spec"]["inputs"] and entry["spec"]["outputs"]
-    assert m["bundle_version"] == 1 and m["sample_rate"] == 24_000 and m["config"]["name"] == "debug"
+    assert m["bundle_version"] == BUNDLE_FORMAT and m["sample_rate"] == 24_000 and m["config"]["name"] == "debug"
     assert m["tools"]["onnxruntime"] and m["source"]["commit"]
 
 
@@ -189,6 +189,18 @@ def test_newer_format_version_is_refused(fp32_bundle, tmp_path):
     m["bundle_version"] = 99
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="upgrade"):
+        Generator(b)
+
+
+def test_format_1_bundles_still_load_and_older_ones_are_refused(fp32_bundle, tmp_path):
+    b = _copy(fp32_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["bundle_version"] = 1  # the full-cache step format, still read (tests/backends/test_onnx_backend.py runs one)
+    (b / "manifest.json").write_text(json.dumps(m))
+    assert load_bundle(b).manifest["bundle_version"] == 1
+    m["bundle_version"] = 0
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="old format version 0; re-export"):
         Generator(b)
 
 

@@ -79,3 +79,37 @@ def test_corrupt_or_mismatched_checkpoint_raises_bundle_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError):
         MeLoDy.load(tmp_path)
+
+
+def test_kv_step_gives_the_full_cache_steps_logits_and_only_the_new_keys_and_values():
+    lm, cfg = _lm()
+    g = torch.Generator().manual_seed(2)
+    P = cfg.text.n_prefix
+    prefix = torch.randn(2, P, cfg.lm.dim, generator=g)
+    tokens = torch.randint(0, cfg.lm.vocab_size, (2, 12), generator=g)
+    with torch.inference_mode():
+        _, full = lm.prefill(prefix, tokens[:, :4])
+        own = full.clone()
+        for i in range(4, 12):
+            pos = torch.tensor(P + i)
+            ref_logits, full = lm.step(tokens[:, i], pos, full)
+            pairs = [(own[j, 0], own[j, 1]) for j in range(cfg.lm.n_layers)]  # the per-layer form of the graph
+            logits, kv = lm.step_kv(tokens[:, i], pos, pairs)
+            assert kv.shape == (cfg.lm.n_layers, 2, 2, cfg.lm.n_heads, 1, cfg.lm.head_dim)
+            torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(kv, full[..., P + i : P + i + 1, :], atol=1e-5, rtol=1e-5)
+            own[..., P + i : P + i + 1, :] = kv
+            own[..., P + i + 1 :, :] = 7.0  # stale entries past pos must be ignored
+        torch.testing.assert_close(lm.step_kv(tokens[:, 0], torch.tensor(P + 12), own)[0],
+                                   lm.step(tokens[:, 0], torch.tensor(P + 12), full)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_rope_matrix_rotates_as_apply_rope():
+    from melody_edge.models.layers import apply_rope, rope_angles
+    from melody_edge.models.lm import rope_matrix
+
+    x = torch.randn(2, 4, 1, 64, generator=torch.Generator().manual_seed(3))
+    for p in (0, 1, 200, 4095):
+        pos = torch.tensor(p)
+        cos, sin = rope_angles(pos.reshape(1), 64, 10000.0)
+        torch.testing.assert_close(x @ rope_matrix(pos, 64, 10000.0), apply_rope(x, cos, sin), atol=2e-6, rtol=1e-5)

@@ -53,6 +53,17 @@ def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.7, "top_k": 9}, {"top_p": 0.8}, {"top_k": 30, "top_p": 0.95}])
+def test_one_batched_call_draws_what_row_by_row_calls_draw(kwargs: dict) -> None:
+    logits = _logits(3, batch=16)
+    logits[::3] = np.round(logits[::3])  # ties, kept in id order
+    logits[1, :7] = -np.inf
+    batched = sample_token(logits, np.random.default_rng(11), **kwargs)
+    rng = np.random.default_rng(11)  # the same stream, one draw per row
+    rows = [sample_token(logits[i : i + 1], rng, **kwargs)[0] for i in range(len(logits))]
+    np.testing.assert_array_equal(batched, rows)
+
+
 def test_top_k_one_and_tiny_top_p_equal_greedy() -> None:
     logits = _logits()
     expected = np.argmax(logits, axis=-1)
