@@ -8,8 +8,8 @@ counts follow the code as it is (static KV cache, CFG batch of 2 in the DPD, seg
 The text stage (MiniLM) is not counted: it runs once per call.
 
 LM bytes per decode step = the LM's weights at the bundle's precision (the text conditioner and the token embedding
-table, of which a step reads one row, left out) + the fp32 KV cache read and written; per prefill, the weights + the
-cache written. Decode steps are bandwidth-bound, so their GB/s is the figure to hold against the copy bandwidth.
+table, of which a step reads one row, left out) + the fp32 KV cache read once (the step graph returns only the new
+position's keys and values, written in place); per prefill, the weights + the cache written. Decode steps are bandwidth-bound, so their GB/s is the figure to hold against the copy bandwidth.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _lm_bytes(cfg: ModelConfig, call: Call, precision: str) -> int:
     batch = shapes[0][0]
     c = cfg.lm
     cache = c.n_layers * 2 * batch * c.n_heads * cfg.lm_max_len * c.head_dim * 4
-    return weights + (2 * cache if comp == "lm_step" else cache)
+    return weights + cache  # a step reads the cache, a prefill writes it
 
 
 STAGE = {"text": "text", "lm_prefill": "lm", "lm_step": "lm", "dpd": "dpd", "vae_decode": "vae", "vae_encode": "vae"}
