@@ -141,8 +141,8 @@ def quantize(src: Path, dst: Path, precision: str) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather"],  # Gather: MiniLM's embeddings
-                         nodes_to_exclude=fixed)
+                         op_types_to_quantize=["MatMul", "Gemm", "Gather"],  # Gather: MiniLM's word embeddings
+                         nodes_to_exclude=fixed + small_gathers(graph))
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -317,6 +317,16 @@ def drop_float16_round_trips(model: Any) -> int:
 
 def _cast_to(node: Any) -> int:
     return next((a.i for a in node.attribute if a.name == "to"), -1)
+
+
+def small_gathers(model: Any, min_elements: int = 1 << 20) -> list[str]:
+    """Gather nodes reading an initializer table of under ``min_elements`` values (MiniLM's position and token-type
+    embeddings: 0.2M values), left float32 by the int8 quantizer: they cost 0.6 MB and hold the text encoder's SNR
+    above its gate (tiny, LM of 3,000 steps: 21.4 dB quantized, 22.7 dB with these kept), while the 11.7M-value word
+    embedding table is what int8 saves."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Gather" and n.input and sizes.get(n.input[0], min_elements) < min_elements]
 
 
 def constant_nodes(model: Any) -> list[str]:
