@@ -74,6 +74,7 @@ DEFAULT_SECONDS = 10.0
 CAPTION_ROWS = ("text_only", "text_plus_controls", "shuffled", "controls_dropped", "random_weights", "real_audio")
 FREEFORM_ROWS = ("text_only", "text_plus_controls", "shuffled", "controls_dropped")
 ROWS = CAPTION_ROWS
+SELECTABLE = (*CAPTION_ROWS, "vae")  # what ``--rows`` may name ("vae": the reconstruction table)
 GEN_METRICS = ("key_match", "tonic_match", "key_related", "key_mirex", "tempo_match", "tempo_strict",
                "instrument_match", "rms_mean", "silent_frac", "fd", "rtf")
 VAE_METRICS = ("chroma_corr", "logmel_l1", "mrstft_sc", "mrstft_logmag", "si_sdr")
@@ -461,14 +462,22 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
              seconds: float = DEFAULT_SECONDS, steps: int | None = None, guidance: float | None = None,
              lm_guidance: float | None = None, seed: int = 0, device: str = "cpu", random_baseline: bool = True,
              classifier_cache: Path | None = None, classifier_split: str = "train", classifier_clips: int = 1500,
-             classifier_test_clips: int = 400) -> dict[str, Any]:
+             classifier_test_clips: int = 400, rows: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return the report (see ``main`` for the keys).
 
     ``model``: a bundle folder or ``"tiny"`` (``backend="auto"``: what ``Generator()`` users get) or a torch
     checkpoint folder (``backend="torch"``). ``steps``/``guidance``/``lm_guidance`` ``None``: the model's defaults.
+    ``rows``: only these rows (of ``SELECTABLE``; e.g. ``["text_only"]`` for a quick comparison of models: the
+    captions' Frechet distance and both prompt sets' key and tempo); ``None``: every row and the VAE table.
     """
     from training import instruments
 
+    unknown = sorted(set(rows or ()) - set(SELECTABLE))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; choose among {list(SELECTABLE)}")
+    selected = None if rows is None else list(rows)  # (``rows`` is reused for the split's clips below)
+    wanted = (lambda row: True) if selected is None else (lambda row: row in selected)  # noqa: E731
+    random_baseline = random_baseline and wanted("random_weights")
     gen = Generator(str(model), backend=backend, device=device)
     api = controls_api(gen)
     if not api:
@@ -498,22 +507,25 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
              settings or "default")
 
     random_gen = None
-    vae = {"trained": evaluate_vae(gen.backend, real, sr, "trained")}
+    vae = {"trained": evaluate_vae(gen.backend, real, sr, "trained")} if wanted("vae") else {}
     if random_baseline:
         from melody_edge.backends.torch_backend import TorchBackend
         from melody_edge.models.melody import MeLoDy
 
         random_gen = Generator.from_backend(TorchBackend(MeLoDy.random(gen.config, seed), device,
                                                          gen.backend.semantic_tokenizer))
-        vae["random_weights"] = evaluate_vae(random_gen.backend, real, sr, "random")
+        if wanted("vae"):
+            vae["random_weights"] = evaluate_vae(random_gen.backend, real, sr, "random")
 
     real_feats = np.stack([clip_features(a, sr) for a in real]) if real else None
-    captions, per_clip = run_rows(gen, items, CAPTION_ROWS, seconds=seconds, seeds=seeds, settings=settings,
+    captions, per_clip = run_rows(gen, items, [r for r in CAPTION_ROWS if wanted(r)], seconds=seconds, seeds=seeds,
+                                  settings=settings,
                                   perm=perm, api=api, classifier=clf, sr=sr, real_feats=real_feats,
                                   random_gen=random_gen, tag="captions")
-    summary, clips = score_clips(real, [it.label for it in items], sr, clf)
-    captions["real_audio"] = {**summary, "fd": None, "rtf": None}
-    per_clip["real_audio"] = [{"id": it.id, "prompt": None, **c} for it, c in zip(items, clips, strict=True)]
+    if wanted("real_audio"):
+        summary, clips = score_clips(real, [it.label for it in items], sr, clf)
+        captions["real_audio"] = {**summary, "fd": None, "rtf": None}
+        per_clip["real_audio"] = [{"id": it.id, "prompt": None, **c} for it, c in zip(items, clips, strict=True)]
 
     freeform: dict[str, Any] = {}
     per_prompt: dict[str, list[dict[str, Any]]] = {}
@@ -526,8 +538,8 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
         p_items = prompt_items(prompt_rows)
         p_seeds = [seed * 100_003 + 50_000 + i for i in range(len(p_items))]
         p_perm = derangement(len(p_items), seed + 2) if len(p_items) > 1 else np.arange(len(p_items))
-        freeform, per_prompt = run_rows(gen, p_items, FREEFORM_ROWS, seconds=seconds, seeds=p_seeds,
-                                        settings=settings, perm=p_perm, api=api, classifier=clf, sr=sr,
+        freeform, per_prompt = run_rows(gen, p_items, [r for r in FREEFORM_ROWS if wanted(r)], seconds=seconds,
+                                        seeds=p_seeds, settings=settings, perm=p_perm, api=api, classifier=clf, sr=sr,
                                         real_feats=None, random_gen=None, tag="free-form")
         for v in freeform.values():
             if v is not None:
@@ -537,9 +549,12 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
     config = {"model": str(model), "backend": gen.info.get("backend"), "model_name": cfg.name, "data": str(data),
               "split": split, "n": len(items), "prompts": str(prompts) if prompts else None,
               "n_prompts": len(p_items), "seconds": seconds,
-              "steps": steps, "guidance": cfg.guidance if guidance is None else guidance,
+              "steps": steps, "steps_used": cfg.dpd_steps if steps is None else steps,
+              "guidance": cfg.guidance if guidance is None else guidance,
               "lm_guidance": cfg.lm_guidance if lm_guidance is None else lm_guidance, "seed": seed,
-              "sample_rate": sr, "controls_api": api, "threads": _threads(), "clip_ids": [it.id for it in items],
+              "sample_rate": sr, "controls_api": api,
+              "rows": selected, "threads": _threads(),
+              "clip_ids": [it.id for it in items],
               "info": {k: v for k, v in gen.info.items() if isinstance(v, (str, int, float, bool, type(None)))}}
     return {"config": config, "vae": vae, "captions": captions, "freeform": freeform, "parse": parse,
             "instrument_classifier": classifier, "targets": targets(freeform) if freeform else [],
@@ -579,8 +594,10 @@ def markdown(report: dict[str, Any]) -> str:
     if not c["controls_api"]:
         lines += ["This generator has no explicit controls: `text_plus_controls` appends them to the prompt as "
                   "text, `controls_dropped` is not run.", ""]
-    lines += ["## VAE reconstruction (diffusion-space round trip)", ""] + table(report["vae"], VAE_METRICS, "model")
-    lines += ["", "## Held-out test captions (scored against the controls each clip was rendered with)", ""]
+    if report["vae"]:
+        lines += ["## VAE reconstruction (diffusion-space round trip)", ""]
+        lines += table(report["vae"], VAE_METRICS, "model") + [""]
+    lines += ["## Held-out test captions (scored against the controls each clip was rendered with)", ""]
     lines += table(report["captions"], GEN_METRICS)
     if report["freeform"]:
         ff_metrics = [m for m in GEN_METRICS if m != "fd"]
@@ -629,6 +646,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lm-guidance", type=float, default=None, help="LM CFG scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random", action="store_true", help="skip the random-weights rows")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated rows to run (of {','.join(SELECTABLE)}; default: all), e.g. text_only")
     p.add_argument("--classifier-clips", type=int, default=1500, help="train renders for the instrument classifier")
     p.add_argument("--classifier-test-clips", type=int, default=400, help="test renders for its ceiling")
     p.add_argument("--classifier", type=Path, default=None,
@@ -653,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       lm_guidance=args.lm_guidance, seed=args.seed, device=args.device,
                       random_baseline=not args.no_random,
                       classifier_cache=args.classifier or args.out.parent / "instrument_classifier.npz",
-                      classifier_clips=args.classifier_clips, classifier_test_clips=args.classifier_test_clips)
+                      classifier_clips=args.classifier_clips, classifier_test_clips=args.classifier_test_clips,
+                      rows=None if args.rows is None else [r for r in args.rows.split(",") if r])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
     table = markdown(report)

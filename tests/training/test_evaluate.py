@@ -316,6 +316,22 @@ def test_end_to_end_debug(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
+def test_rows_option_runs_only_the_rows_asked(tmp_path):
+    data, ckpt, out = tmp_path / "data", tmp_path / "ckpt", tmp_path / "runs" / "eval.json"
+    write_dataset(data)
+    MeLoDy.random(get_config("debug"), seed=1).save(ckpt)
+    evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--n", "2", "--seconds", "1",
+                   "--steps", "2", "--n-prompts", "2", "--classifier-clips", "12", "--threads", "1",
+                   "--rows", "text_only", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["config"]["rows"] == ["text_only"] and report["config"]["steps_used"] == 2
+    assert set(report["captions"]) == set(report["freeform"]) == {"text_only"} and report["vae"] == {}
+    assert math.isfinite(report["captions"]["text_only"]["fd"]) and len(report["per_prompt"]["text_only"]) == 2
+    with pytest.raises(ValueError, match="unknown rows"):
+        evaluate.evaluate(ckpt, data, backend="torch", rows=["text_onyl"])
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
 def test_key_stages_with_controls_debug(tmp_path):
     from melody_edge.tokenizer import SemanticTokenizer
     from training.key_stages import CONTROL_STAGES, STAGES, key_stages
