@@ -22,18 +22,15 @@ from melody_edge.errors import ConfigError  # noqa: E402
 from melody_edge.models.config import get_config  # noqa: E402
 from melody_edge.models.melody import MeLoDy  # noqa: E402
 from melody_edge.sampling import get_schedule, paper_schedule, sample  # noqa: E402
-from tests.training.test_train import assert_falls, read_log, write_dataset  # noqa: E402
+from tests.training.test_train import (  # noqa: E402, F401  (_keep_torch_threads: the commands set torch's threads)
+    _keep_torch_threads,
+    assert_falls,
+    read_log,
+    write_dataset,
+)
 from training.tokenizer import fit_tokenizer  # noqa: E402
 
 PROMPT = "a sine melody in G major"
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The commands set torch's thread count (``--threads 1``); give other tests theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
