@@ -89,7 +89,7 @@ INPAINT_GRANULARITY_SECONDS = MIN_SECONDS  # inpaint() widens its region to whol
 INPAINT_CROSSFADE_SECONDS = 0.02  # ... and fades the new audio in and out over 20 ms inside that region
 # Segment joins: the decoder's last ~4 hops change once it sees what follows them (its right edge is decoded against
 # zeros), so each segment holds back its last token (40 ms) and the next segment crossfades it into its own re-decoded
-# version of the same samples (raised cosine): no click, no dip at the join. A stream's first chunk is 40 ms shorter.
+# version of the same samples (raised cosine): no click at the join. A stream's first chunk is 40 ms shorter.
 JOIN_CROSSFADE_TOKENS = 1
 # generate() knows the whole length up front, so after the first window it advances 2 chunks per segment (keeping
 # half a window of context) instead of stream()'s 1: half the DPD passes and LM prefills per second of a long song
