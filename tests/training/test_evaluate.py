@@ -257,13 +257,19 @@ def test_row_requests():
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")  # 1 s clips are short for the CQT
-def test_end_to_end_debug(tmp_path):
+def _evaluate_debug(tmp_path, *extra: str) -> Path:
+    """Run ``training.evaluate`` on a random debug checkpoint and a tiny rendered set; returns the report path."""
     data, ckpt, out = tmp_path / "data", tmp_path / "ckpt", tmp_path / "runs" / "eval.json"
     write_dataset(data)
     MeLoDy.random(get_config("debug"), seed=1).save(ckpt)
     evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--n", "2", "--seconds", "1",
                    "--steps", "2", "--n-prompts", "2", "--classifier-clips", "12", "--threads", "1",
-                   "--out", str(out)])
+                   *extra, "--out", str(out)])
+    return out
+
+
+def test_end_to_end_debug(tmp_path):
+    out = _evaluate_debug(tmp_path)
     report = json.loads(out.read_text())
     assert set(report) == {"config", "vae", "captions", "freeform", "parse", "instrument_classifier", "targets",
                            "per_clip", "per_prompt"}
@@ -317,18 +323,13 @@ def test_end_to_end_debug(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
 def test_rows_option_runs_only_the_rows_asked(tmp_path):
-    data, ckpt, out = tmp_path / "data", tmp_path / "ckpt", tmp_path / "runs" / "eval.json"
-    write_dataset(data)
-    MeLoDy.random(get_config("debug"), seed=1).save(ckpt)
-    evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--n", "2", "--seconds", "1",
-                   "--steps", "2", "--n-prompts", "2", "--classifier-clips", "12", "--threads", "1",
-                   "--rows", "text_only", "--out", str(out)])
+    out = _evaluate_debug(tmp_path, "--rows", "text_only")
     report = json.loads(out.read_text())
     assert report["config"]["rows"] == ["text_only"] and report["config"]["steps_used"] == 2
     assert set(report["captions"]) == set(report["freeform"]) == {"text_only"} and report["vae"] == {}
     assert math.isfinite(report["captions"]["text_only"]["fd"]) and len(report["per_prompt"]["text_only"]) == 2
     with pytest.raises(ValueError, match="unknown rows"):
-        evaluate.evaluate(ckpt, data, backend="torch", rows=["text_onyl"])
+        evaluate.evaluate(tmp_path / "ckpt", tmp_path / "data", backend="torch", rows=["text_onyl"])
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
