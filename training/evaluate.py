@@ -462,13 +462,17 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
              seconds: float = DEFAULT_SECONDS, steps: int | None = None, guidance: float | None = None,
              lm_guidance: float | None = None, seed: int = 0, device: str = "cpu", random_baseline: bool = True,
              classifier_cache: Path | None = None, classifier_split: str = "train", classifier_clips: int = 1500,
-             classifier_test_clips: int = 400, rows: Sequence[str] | None = None) -> dict[str, Any]:
+             classifier_test_clips: int = 400, rows: Sequence[str] | None = None, classifier_seed: int = 0,
+             temperature: float | None = None, top_k: int | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return the report (see ``main`` for the keys).
 
     ``model``: a bundle folder or ``"tiny"`` (``backend="auto"``: what ``Generator()`` users get) or a torch
     checkpoint folder (``backend="torch"``). ``steps``/``guidance``/``lm_guidance`` ``None``: the model's defaults.
     ``rows``: only these rows (of ``SELECTABLE``; e.g. ``["text_only"]`` for a quick comparison of models: the
     captions' Frechet distance and both prompt sets' key and tempo); ``None``: every row and the VAE table.
+    ``classifier_seed``: the sample of real renders the instrument classifier is trained and tested on, fixed apart
+    from ``seed`` (which draws the clips and the generation seeds) so that runs at several seeds share one measuring
+    instrument (``training.eval_seeds`` pools them). ``temperature``/``top_k``: LM sampling (``None``: the API's).
     """
     from training import instruments
 
@@ -484,13 +488,13 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
         log.warning("this Generator has no explicit controls: text_plus_controls appends them to the prompt as "
                     "text and controls_dropped is not run")
     sr = gen.sample_rate
-    settings = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("lm_guidance", lm_guidance))
-                if v is not None}
+    settings = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("lm_guidance", lm_guidance),
+                                  ("temperature", temperature), ("top_k", top_k)) if v is not None}
     samples = round(seconds * sr)
 
-    clf = instruments.train(data, split=classifier_split, max_clips=classifier_clips, seed=seed, seconds=seconds,
-                            sr=sr, cache=classifier_cache)
-    clf_test = instruments.accuracy(clf, data, split=split, max_clips=classifier_test_clips, seed=seed,
+    clf = instruments.train(data, split=classifier_split, max_clips=classifier_clips, seed=classifier_seed,
+                            seconds=seconds, sr=sr, cache=classifier_cache)
+    clf_test = instruments.accuracy(clf, data, split=split, max_clips=classifier_test_clips, seed=classifier_seed,
                                     seconds=seconds, sr=sr)
     classifier = {"accuracy_real_test": clf_test["accuracy"], "n_test": clf_test["n"],
                   "per_family": clf_test["per_family"], "confusion": clf_test["confusion"],
@@ -552,6 +556,7 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
               "steps": steps, "steps_used": cfg.dpd_steps if steps is None else steps,
               "guidance": cfg.guidance if guidance is None else guidance,
               "lm_guidance": cfg.lm_guidance if lm_guidance is None else lm_guidance, "seed": seed,
+              "classifier_seed": classifier_seed, "temperature": temperature, "top_k": top_k,
               "sample_rate": sr, "controls_api": api,
               "rows": selected, "threads": _threads(),
               "clip_ids": [it.id for it in items],
@@ -644,7 +649,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="DPD CFG scale (default: the model's)")
     p.add_argument("--lm-guidance", type=float, default=None, help="LM CFG scale (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the clips and the per-item generation seeds")
+    p.add_argument("--classifier-seed", type=int, default=0, help="the instrument classifier's train/test sample")
+    p.add_argument("--temperature", type=float, default=None, help="LM sampling temperature (default: the API's)")
+    p.add_argument("--top-k", type=int, default=None, help="LM top-k sampling (default: none)")
     p.add_argument("--no-random", action="store_true", help="skip the random-weights rows")
     p.add_argument("--rows", default=None,
                    help=f"comma-separated rows to run (of {','.join(SELECTABLE)}; default: all), e.g. text_only")
@@ -673,7 +681,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       random_baseline=not args.no_random,
                       classifier_cache=args.classifier or args.out.parent / "instrument_classifier.npz",
                       classifier_clips=args.classifier_clips, classifier_test_clips=args.classifier_test_clips,
-                      rows=None if args.rows is None else [r for r in args.rows.split(",") if r])
+                      rows=None if args.rows is None else [r for r in args.rows.split(",") if r],
+                      classifier_seed=args.classifier_seed, temperature=args.temperature, top_k=args.top_k)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
     table = markdown(report)
