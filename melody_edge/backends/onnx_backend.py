@@ -37,6 +37,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # execution providers a graph runs on only where the checker's verdict for it, as exported, was YES
 MOBILE = {"CoreMLExecutionProvider": "coreml", "NnapiExecutionProvider": "nnapi"}
+SERIAL_GRAPHS = ("lm_step",)  # graphs that run on one intra-op thread whatever ``threads`` is (``graph_threads``)
 
 
 def provider_verdicts(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -68,6 +69,19 @@ def choose_providers(bundle: Bundle, available: Sequence[str] | None = None) -> 
     return chosen
 
 
+def graph_threads(threads: int) -> dict[str, int]:
+    """Intra-op threads per graph: ``threads`` (0: onnxruntime's choice, one per physical core) for every graph but
+    the LM step, which runs on the calling thread alone (``SERIAL_GRAPHS``).
+
+    Why (tiny int8 bundle, 2-core CPU, medians of 4 runs; ``benchmarks`` measure the shipped default): a step is one
+    token of a 4-layer, 256-wide network at batch 2, about 150 small kernels of a few microseconds each, so a second
+    thread's hand-off costs more than it splits; and the other graphs' workers, spinning between their runs, took
+    the core the step needed. gen10s RTF 0.044 -> 0.031 and LM 0.86 -> 0.47 ms a token with the step on one thread
+    and no spinning elsewhere, against 0.73 ms a token with spinning left on.
+    """
+    return {comp: 1 if comp in SERIAL_GRAPHS else threads for comp in COMPONENTS}
+
+
 class StepCache:
     """The LM's KV cache between ``lm_prefill`` and the ``lm_step`` calls of one generation (opaque to the loop):
     ``array`` (n_layers, 2, B, H, max_len, hd) float32, updated in place, and the step graph's I/O bound to it and to
@@ -96,8 +110,8 @@ class OnnxBackend(Backend):
     """Runs the six graphs of a bundle. Each input's name, dtype and rank is checked against the manifest spec.
 
     ``providers`` (a list) runs every graph with those execution providers; by default each graph gets
-    ``choose_providers``'. ``threads`` sets onnxruntime's intra-op threads (default: ``MELODY_EDGE_THREADS`` or
-    onnxruntime's own choice).
+    ``choose_providers``'. ``threads`` sets onnxruntime's intra-op threads of every graph but the LM step, which runs
+    on one (``graph_threads``; default: ``MELODY_EDGE_THREADS`` or onnxruntime's own choice).
     """
 
     name = "onnxruntime"
@@ -113,14 +127,18 @@ class OnnxBackend(Backend):
                                    else choose_providers(bundle, ort.get_available_providers()))
         self.providers = list(dict.fromkeys(p for c in COMPONENTS for p in self.providers_by_graph[c]))
         threads = threads or int(os.environ.get("MELODY_EDGE_THREADS", "0"))
+        self.threads_by_graph = graph_threads(threads)
         self.sessions = {}
         self._in_types: dict[str, dict[str, type]] = {}
         for comp in COMPONENTS:
             eps = self.providers_by_graph[comp]
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if threads:
-                opts.intra_op_num_threads = threads
+            n = self.threads_by_graph[comp]
+            if n:
+                opts.intra_op_num_threads = n
+            if n != 1:  # the graphs run one after another: a worker spinning after its graph steals the next one's core
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if bundle.precision == "fp16" and eps == [CPU]:
                 opts.add_session_config_entry("session.disable_optimizers", "NchwcTransformer")  # ORT CPU fp16 crash
             try:
@@ -218,6 +236,7 @@ class OnnxBackend(Backend):
     def info(self):
         gate = self.bundle.manifest.get("gate") or {}
         return {"backend": self.name, "providers": self.providers, "providers_by_graph": self.providers_by_graph,
+                "threads_by_graph": self.threads_by_graph,
                 "precision": self.bundle.precision, "bundle_path": str(self.bundle.root),
                 "lm_step": "full cache copy (re-export)" if self._full_cache_step else "kv in place",
                 "parity_gate": gate.get("status") or {True: "passed", False: "failed"}.get(gate.get("passed"),

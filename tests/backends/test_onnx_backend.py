@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from melody_edge.backends.onnx_backend import CPU, CUDA, OnnxBackend, StepCache, choose_providers
+from melody_edge.backends.onnx_backend import CPU, CUDA, OnnxBackend, StepCache, choose_providers, graph_threads
 from melody_edge.backends.torch_backend import TorchBackend
 from melody_edge.bundle import COMPONENTS, Bundle, load_bundle, sha256
 from melody_edge.controls import beat_features
@@ -182,6 +182,16 @@ def test_backend_runs_each_graph_with_its_chosen_providers(exported):
     assert all(s.get_providers() == [CPU] for s in be.sessions.values())
     forced = OnnxBackend(load_bundle(exported), providers=[CPU])
     assert forced.info()["providers_by_graph"] == {c: [CPU] for c in COMPONENTS}
+
+
+def test_lm_step_runs_on_one_thread_and_the_other_graphs_on_the_threads_asked(exported):
+    assert graph_threads(2) == {c: 1 if c == "lm_step" else 2 for c in COMPONENTS}
+    be = OnnxBackend(load_bundle(exported), threads=3)
+    assert be.info()["threads_by_graph"] == {c: 1 if c == "lm_step" else 3 for c in COMPONENTS}
+    sessions = be.sessions
+    assert sessions["lm_step"].get_session_options().intra_op_num_threads == 1
+    assert sessions["dpd"].get_session_options().intra_op_num_threads == 3
+    assert sessions["dpd"].get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_manifest_records_the_provider_check_file_sizes_and_shared_lm_weights(exported):
