@@ -21,8 +21,10 @@ mobile usability checker that the exporter records in the manifest (``provider_c
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +39,10 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # execution providers a graph runs on only where the checker's verdict for it, as exported, was YES
 MOBILE = {"CoreMLExecutionProvider": "coreml", "NnapiExecutionProvider": "nnapi"}
-SERIAL_GRAPHS = ("lm_step",)  # graphs that run on one intra-op thread whatever ``threads`` is (``graph_threads``)
+SERIAL_GRAPHS = ("lm_step",)
+# graphs loaded on first use: the VAE encoder serves only continue_audio and inpaint, and its session holds ~40 MB
+# (the folded DFT kernel) with a transient of ~150 MB while onnxruntime folds it (tiny int8; ``release_freed_memory``)
+LAZY_GRAPHS = ("vae_encoder",)  # graphs that run on one intra-op thread whatever ``threads`` is (``graph_threads``)
 
 
 def provider_verdicts(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -67,6 +72,20 @@ def choose_providers(bundle: Bundle, available: Sequence[str] | None = None) -> 
         eps += [ep for ep, key in MOBILE.items() if ep in available and verdicts.get(comp, {}).get(key) == "YES"]
         chosen[comp] = [*eps, CPU]
     return chosen
+
+
+def release_freed_memory() -> None:
+    """Hand heap memory that is free but still mapped back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    onnxruntime folds each VAE graph's DFT kernel (computed in the graph, so that the file stores no table) at session
+    load, through intermediates of the kernel's size that it then frees; glibc keeps the freed pages mapped, so the
+    process held them for its whole life: +118 MB RSS for the decoder's session, +25 MB after the trim (tiny int8)."""
+    if platform.system() != "Linux":
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
 
 
 def graph_threads(threads: int) -> dict[str, int]:
@@ -128,28 +147,42 @@ class OnnxBackend(Backend):
         self.providers = list(dict.fromkeys(p for c in COMPONENTS for p in self.providers_by_graph[c]))
         threads = threads or int(os.environ.get("MELODY_EDGE_THREADS", "0"))
         self.threads_by_graph = graph_threads(threads)
-        self.sessions = {}
+        self.sessions: dict[str, Any] = {}  # the graphs loaded so far (LAZY_GRAPHS wait for their first use)
         self._in_types: dict[str, dict[str, type]] = {}
-        for comp in COMPONENTS:
-            eps = self.providers_by_graph[comp]
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            n = self.threads_by_graph[comp]
-            if n:
-                opts.intra_op_num_threads = n
-            if n != 1:  # the graphs run one after another: a worker spinning after its graph steals the next one's core
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if bundle.precision == "fp16" and eps == [CPU]:
-                opts.add_session_config_entry("session.disable_optimizers", "NchwcTransformer")  # ORT CPU fp16 crash
-            try:
-                sess = ort.InferenceSession(str(bundle.file(comp)), opts, providers=eps)
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise BundleError(f"cannot load {bundle.file(comp)} ({comp}): {e}; the graph is corrupt, re-export"
-                                  ) from e
-            self._check_spec(comp, sess)
-            self.sessions[comp] = sess
+        # the VAE decoder first: its load-time transient (constant folding) then stacks on the least resident memory
+        for comp in sorted(COMPONENTS, key=lambda c: c != "vae_decoder"):
+            if comp not in LAZY_GRAPHS:
+                self._session(comp)
         self._full_cache_step = self._step_kind(self.sessions["lm_step"]) == "full cache"
         self._load_bundle_assets(bundle)
+
+    def _session(self, comp: str) -> Any:
+        """The onnxruntime session of graph ``comp``, created (and its inputs checked against the manifest) on first
+        use. Heap memory freed while onnxruntime folded the graph's constants is handed back to the system."""
+        sess = self.sessions.get(comp)
+        if sess is not None:
+            return sess
+        import onnxruntime as ort
+
+        eps = self.providers_by_graph[comp]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        n = self.threads_by_graph[comp]
+        if n:
+            opts.intra_op_num_threads = n
+        if n != 1:  # the graphs run one after another: a worker spinning after its graph steals the next one's core
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.bundle.precision == "fp16" and eps == [CPU]:
+            opts.add_session_config_entry("session.disable_optimizers", "NchwcTransformer")  # ORT CPU fp16 crash
+        try:
+            sess = ort.InferenceSession(str(self.bundle.file(comp)), opts, providers=eps)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"cannot load {self.bundle.file(comp)} ({comp}): {e}; the graph is corrupt, re-export"
+                              ) from e
+        self._check_spec(comp, sess)
+        release_freed_memory()
+        self.sessions[comp] = sess
+        return sess
 
     def _step_kind(self, sess: Any) -> str:
         outputs = [o.name for o in sess.get_outputs()]
@@ -175,9 +208,10 @@ class OnnxBackend(Backend):
         self._in_types[comp] = {i.name: _DTYPES.get(i.type, np.float32) for i in sess.get_inputs()}
 
     def _run(self, comp: str, **inputs: np.ndarray) -> list[np.ndarray]:
+        sess = self._session(comp)
         types = self._in_types[comp]
         feed = {k: np.ascontiguousarray(v, dtype=types[k]) for k, v in inputs.items()}
-        return self.sessions[comp].run(None, feed)
+        return sess.run(None, feed)
 
     def encode_text(self, input_ids, attention_mask, controls=None):
         extra = dict(controls) if controls is not None and self.config.controls.enabled else {}

@@ -194,6 +194,15 @@ def test_lm_step_runs_on_one_thread_and_the_other_graphs_on_the_threads_asked(ex
     assert sessions["dpd"].get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_vae_encoder_loads_on_first_use_and_is_checked_then(exported):
+    be = OnnxBackend(load_bundle(exported))
+    assert "vae_encoder" not in be.sessions and set(be.sessions) == set(COMPONENTS) - {"vae_encoder"}
+    audio = np.zeros((1, be.config.sample_rate), np.float32)
+    z = be.vae_encode(audio)
+    assert z.shape[-1] == be.config.vae.latent_dim and "vae_encoder" in be.sessions
+    assert be._in_types["vae_encoder"] == {"audio": np.float32}
+
+
 def test_manifest_records_the_provider_check_file_sizes_and_shared_lm_weights(exported):
     m = load_bundle(exported).manifest
     check = m["provider_check"]
