@@ -9,7 +9,8 @@ The text stage (MiniLM) is not counted: it runs once per call.
 
 LM bytes per decode step = the LM's weights at the bundle's precision (the text conditioner and the token embedding
 table, of which a step reads one row, left out) + the fp32 KV cache read once (the step graph returns only the new
-position's keys and values, written in place); per prefill, the weights + the cache written. Decode steps are bandwidth-bound, so their GB/s is the figure to hold against the copy bandwidth.
+position's keys and values, written in place); per prefill, the weights + the cache written. Decode steps are
+bandwidth-bound, so their GB/s is the figure to hold against the copy bandwidth.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _call_flops(cfg: ModelConfig, call: Call) -> int:
 def _lm_bytes(cfg: ModelConfig, call: Call, precision: str) -> int:
     from melody_edge.models.layers import count_params
 
-    m, (comp, shapes) = _model(cfg), call
+    m, (_, shapes) = _model(cfg), call
     weights = (count_params(m.lm) - count_params(m.lm.cond) - m.lm.tok_emb.weight.numel()) * WEIGHT_BYTES[precision]
     batch = shapes[0][0]
     c = cfg.lm

@@ -95,7 +95,8 @@ def markdown(models: dict[str, dict[str, Any]], diffs: dict[str, dict[str, Any]]
     lines = [f"# {meta['title']}", "", meta["note"], "",
              "Rates pooled over every item of every seed (n items), with the spread (sd) of the per-seed rates; "
              "Frechet distance and RTF: mean and sd over seeds.", "",
-             "| model | seeds | " + " | ".join(keys + seed_keys) + " |", "|---" * (2 + len(keys) + len(seed_keys)) + "|"]
+             "| model | seeds | " + " | ".join(keys + seed_keys) + " |",
+             "|---" * (2 + len(keys) + len(seed_keys)) + "|"]
     for name, p in models.items():
         cells = []
         for k in keys:

@@ -130,12 +130,14 @@ class OnnxBackend(Backend):
 
     ``providers`` (a list) runs every graph with those execution providers; by default each graph gets
     ``choose_providers``'. ``threads`` sets onnxruntime's intra-op threads of every graph but the LM step, which runs
-    on one (``graph_threads``; default: ``MELODY_EDGE_THREADS`` or onnxruntime's own choice).
+    on one (``graph_threads``; default: ``MELODY_EDGE_THREADS`` or onnxruntime's own choice). ``profile_prefix``
+    turns on onnxruntime's profiler in every session (traces ``<prefix><graph>_*.json``, ``end_profiling``).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None, *,
+                 profile_prefix: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -147,6 +149,7 @@ class OnnxBackend(Backend):
         self.providers = list(dict.fromkeys(p for c in COMPONENTS for p in self.providers_by_graph[c]))
         threads = threads or int(os.environ.get("MELODY_EDGE_THREADS", "0"))
         self.threads_by_graph = graph_threads(threads)
+        self._profile_prefix = profile_prefix  # onnxruntime's profiler on every session (benchmarks.profile)
         self.sessions: dict[str, Any] = {}  # the graphs loaded so far (LAZY_GRAPHS wait for their first use)
         self._in_types: dict[str, dict[str, type]] = {}
         # the VAE decoder first: its load-time transient (constant folding) then stacks on the least resident memory
@@ -174,6 +177,9 @@ class OnnxBackend(Backend):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.bundle.precision == "fp16" and eps == [CPU]:
             opts.add_session_config_entry("session.disable_optimizers", "NchwcTransformer")  # ORT CPU fp16 crash
+        if self._profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = f"{self._profile_prefix}{comp}"
         try:
             sess = ort.InferenceSession(str(self.bundle.file(comp)), opts, providers=eps)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -183,6 +189,10 @@ class OnnxBackend(Backend):
         release_freed_memory()
         self.sessions[comp] = sess
         return sess
+
+    def end_profiling(self) -> dict[str, str]:
+        """Stop onnxruntime's profiler (``profile_prefix``): {graph: the JSON trace file it wrote}."""
+        return {comp: sess.end_profiling() for comp, sess in self.sessions.items()} if self._profile_prefix else {}
 
     def _step_kind(self, sess: Any) -> str:
         outputs = [o.name for o in sess.get_outputs()]
