@@ -398,6 +398,26 @@ KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.
 KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 
 
+def key_rotation(chroma, tonic: int, mode: str | None) -> int:
+    """The transposition ``r`` (semitones up, 0-11) that puts music of mean chroma ``chroma`` (12 bins, C first) in
+    the key (``tonic``, ``mode``): ``chroma`` rolled by ``r`` correlates best with that key's Krumhansl-Kessler profile.
+    That is ``tonic - t``, ``t`` being the tonic the profile of ``mode`` finds in ``chroma`` (with ``mode`` None, the
+    better of the two modes). Music whose chroma is flat (or all zeros) gets ``tonic``, the rotation from C."""
+    import numpy as np
+
+    c = np.asarray(chroma, dtype=np.float64).reshape(12)
+    best = (-2.0, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat chroma has no correlation (NaN): skipped
+        for m, profile in (("major", KK_MAJOR), ("minor", KK_MINOR)):
+            if mode is not None and m != mode:
+                continue
+            for t in range(12):
+                r = np.corrcoef(c, np.roll(profile, t))[0, 1]
+                if np.isfinite(r) and r > best[0]:
+                    best = (r, t)
+    return (tonic - best[1]) % 12
+
+
 def estimate_key(chroma) -> tuple[int, str]:
     """Key (tonic, mode) of a 12-bin chroma profile by correlation with the Krumhansl-Kessler profiles."""
     import numpy as np

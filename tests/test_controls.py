@@ -11,15 +11,19 @@ from melody_edge import Generator
 from melody_edge.controls import (
     FAMILIES,
     INSTRUMENTS,
+    KK_MAJOR,
+    KK_MINOR,
     METRES,
     Controls,
     beat_features,
     control_ids,
     estimate_key,
+    key_rotation,
     parse_controls,
     resolve,
 )
 from melody_edge.errors import InvalidInputError
+from melody_edge.tokenizer import rotate_tokens
 
 # (prompt, tonic, mode, bpm, metre, instrument); None = the prompt does not say
 PHRASINGS = [
@@ -264,6 +268,42 @@ def test_the_asked_tonic_rotates_the_dpds_tokens(gen: Generator, monkeypatch) ->
     in_e = seen[-1]
     np.testing.assert_array_equal(in_e % 12, (in_c % 12 + 4) % 12)  # same music, four semitones up
     np.testing.assert_array_equal(in_e // 12, in_c // 12)
+
+
+@pytest.mark.parametrize("shift", range(12))
+def test_key_rotation_moves_music_to_the_asked_key(shift: int) -> None:
+    g_major = np.roll(np.array(KK_MAJOR), 7)  # music in G major
+    assert key_rotation(g_major, 0, "major") == 5  # up a fourth to C major
+    assert key_rotation(g_major, shift, "major") == (shift - 7) % 12
+    e_minor = np.roll(np.array(KK_MINOR), 4)
+    assert key_rotation(e_minor, shift, "minor") == (shift - 4) % 12
+    assert key_rotation(e_minor, shift, None) == (shift - 4) % 12  # no mode asked: the better-fitting mode
+    assert key_rotation(np.ones(12), shift, "major") == shift  # no pitch content: the plain rotation from C
+    assert key_rotation(np.zeros(12), shift, "minor") == shift
+    rotated = np.roll(g_major, key_rotation(g_major, shift, "major"))
+    assert estimate_key(rotated) == (shift, "major")
+
+
+def test_the_first_window_is_rotated_to_fit_the_asked_key_and_a_steer_keeps_the_offset(gen: Generator,
+                                                                                          monkeypatch) -> None:
+    made, seen = [], []
+    real_lm, real_dpd = gen._lm, gen.backend.dpd
+    monkeypatch.setattr(gen, "_lm", lambda *a, **k: (made.append(real_lm(*a, **k)), made[-1])[1])
+    monkeypatch.setattr(gen.backend, "dpd", lambda z, a, t: (seen.append(t[0].copy()), real_dpd(z, a, t))[1])
+    feats = gen.backend.semantic_tokenizer.token_features()
+    for seed in range(4):
+        gen.generate("a piece", seconds=0.7, seed=seed, key="D minor", steps=1)
+        r = key_rotation(feats[made[-1]][:, :12].mean(axis=0), 2, "minor")
+        np.testing.assert_array_equal(seen[-1][: len(made[-1])], rotate_tokens(made[-1], r))
+    # a stream keeps the first window's offset from the asked tonic when a steer asks another key
+    made.clear()
+    s = gen.stream("a piece", seconds=4 * gen.chunk_seconds, seed=5, key="C major", steps=1)
+    next(s)
+    offset = key_rotation(feats[made[0]][:, :12].mean(axis=0), 0, "major")
+    s.steer("a piece", key="A major")
+    next(s)
+    new = made[-1]
+    np.testing.assert_array_equal(seen[-1][len(seen[-1]) - len(new):], rotate_tokens(new, (9 + offset) % 12))
 
 
 def test_explicit_controls_are_validated_by_the_generator(gen: Generator) -> None:
