@@ -49,7 +49,7 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
                    help="DPD classifier-free guidance (default: the model's; 1 for tiny)")
     p.add_argument("--lm-guidance", type=float, default=None,
                    help="LM classifier-free guidance (default: the model's; 3 for tiny)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help="LM sampling temperature (default: the model's)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--key", default=None, help='key, overriding the prompt\'s: "A minor", "Bb major", "F#m"')

@@ -259,7 +259,7 @@ class Generator:
     def generate(self, prompt: str, seconds: float = 10.0, *, seed: int | None = None, key: str | None = None,
                  bpm: float | None = None, metre: str | None = None, instrument: str | None = None,
                  read_controls: bool = True, steps: int | None = None,
-                 guidance: float | None = None, lm_guidance: float | None = None, temperature: float = 1.0,
+                 guidance: float | None = None, lm_guidance: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
                  progress: Progress | None = None) -> Audio:
         """Generate ``seconds`` of music from a text prompt.
@@ -274,7 +274,8 @@ class Generator:
                 guidance: DPD CFG scale (default: the model's ``config.guidance``, 1 for tiny, 2.5 for the paper
                 preset); lm_guidance: LM CFG scale (default: ``config.lm_guidance``, 3 for tiny, 1 = off for the
                 others);
-                temperature/top_k/top_p: semantic token sampling; schedule: 'paper'|'uniform'.
+                temperature: LM sampling temperature (default: the model's ``config.temperature``); top_k/top_p:
+                semantic token sampling filters; schedule: 'paper'|'uniform'.
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -308,7 +309,7 @@ class Generator:
                bpm: float | None = None, metre: str | None = None, instrument: str | None = None,
                read_controls: bool = True, steps: int | None = None, guidance: float | None = None,
                lm_guidance: float | None = None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                schedule: str = "paper", progress: Progress | None = None) -> Stream:
         """Yield music chunk by chunk (``chunk_seconds`` each; the first is 40 ms shorter, since each chunk's last
         40 ms wait to be crossfaded into the next (``JOIN_CROSSFADE_TOKENS``); the last one of a bounded stream takes
@@ -333,7 +334,7 @@ class Generator:
                        key: str | None = None, bpm: float | None = None, metre: str | None = None,
                        instrument: str | None = None, read_controls: bool = True,
                        steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
-                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                        schedule: str = "paper", progress: Progress | None = None) -> Audio:
         """Continue ``audio`` for ``seconds`` more, following ``prompt``. Returns the prompt audio (trimmed to whole
         40 ms token frames; its last 40 ms crossfade into the continuation, as every segment join does) followed by
@@ -377,7 +378,7 @@ class Generator:
     def inpaint(self, audio: Audio, start: float, end: float, prompt: str, *, seed: int | None = None,
                 key: str | None = None, bpm: float | None = None, metre: str | None = None,
                 instrument: str | None = None, read_controls: bool = True, steps: int | None = None,
-                guidance: float | None = None, lm_guidance: float | None = None, temperature: float = 1.0,
+                guidance: float | None = None, lm_guidance: float | None = None, temperature: float | None = None,
                 top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
                 progress: Progress | None = None) -> Audio:
         """Regenerate ``audio`` from ``start`` to ``end`` seconds following ``prompt``; the audio around the region
@@ -477,6 +478,7 @@ class Generator:
         get_schedule(schedule, int(steps))
         guidance = self.config.guidance if guidance is None else guidance
         lm_guidance = self.config.lm_guidance if lm_guidance is None else lm_guidance
+        temperature = self.config.temperature if temperature is None else temperature
         for name, val in (("guidance", guidance), ("lm_guidance", lm_guidance), ("temperature", temperature)):
             if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0 or val > 100:
                 raise InvalidInputError(f"{name} must be a number in (0, 100], got {val!r}")

@@ -157,6 +157,7 @@ class ModelConfig:
     guidance: float = 2.5  # default DPD classifier-free guidance scale of this model (paper: 2.5)
     lm_guidance: float = 1.0  # default LM classifier-free guidance scale (1 = off)
     dpd_steps: int = 8  # default DPD sampling steps; a step-distilled student (conversion.distill) records fewer
+    temperature: float = 1.0  # default LM sampling temperature of this model
 
     @property
     def sample_rate(self) -> int:
@@ -205,6 +206,8 @@ class ModelConfig:
             raise ConfigError(f"vae.hop {self.vae.hop} must give a latent rate that is a multiple of {TOKEN_RATE} Hz")
         if not 1 <= self.dpd_steps <= 1000:
             raise ConfigError(f"dpd_steps {self.dpd_steps} must be an integer in [1, 1000]")
+        if not 0 < self.temperature <= 100:
+            raise ConfigError(f"temperature {self.temperature} must be in (0, 100]")
         if self.window_tokens % self.n_chunks:
             raise ConfigError(f"window_tokens {self.window_tokens} must divide into {self.n_chunks} chunks")
         if self.dpd.segment % 2 or self.dpd.segment % self.dpd.merge:
@@ -238,6 +241,7 @@ class ModelConfig:
                 guidance=d.get("guidance", cls.guidance),
                 lm_guidance=d.get("lm_guidance", cls.lm_guidance),
                 dpd_steps=d.get("dpd_steps", cls.dpd_steps),
+                temperature=d.get("temperature", cls.temperature),
             ).validate()
         except (KeyError, TypeError) as e:
             raise ConfigError(f"model config is malformed ({e!r}); re-export the checkpoint with this version") from e
