@@ -60,6 +60,12 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _draft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-candidates", type=int, default=None,
+                   help="with a key asked: first-window LM drafts, the best fit to the key is kept (default 4; 1 = "
+                        "fastest)")
+
+
 class _Bar:
     """Progress on stderr (tqdm), one bar per stage."""
 
@@ -98,7 +104,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     gen = Generator(a.bundle, a.backend)
     bar = _Bar(not a.quiet)
     try:
-        audio = gen.generate(a.prompt, a.seconds, progress=bar, **_kwargs(a))
+        audio = gen.generate(a.prompt, a.seconds, progress=bar, key_candidates=a.key_candidates, **_kwargs(a))
     finally:
         bar.close()
     return _save(audio, out)
@@ -166,7 +172,8 @@ def _cmd_stream(a: argparse.Namespace) -> int:
     for _, prompt in script:  # every scripted prompt is checked before any work
         gen.controls(prompt)
     bar = _Bar(not a.quiet)
-    stream = gen.stream(a.prompt, seconds=a.seconds, progress=bar, **_kwargs(a))  # checks arguments first
+    stream = gen.stream(a.prompt, seconds=a.seconds, progress=bar, key_candidates=a.key_candidates,
+                        **_kwargs(a))  # checks arguments first
     if a.steer_stdin:
         threading.Thread(target=_steer_from_stdin, args=(stream,), daemon=True).start()
     chunks = _steered(stream, script)
@@ -349,11 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a song to a file")
     _sampling_args(g)
     g.add_argument("--seconds", type=float, default=10.0, help="duration (default 10, max 600)")
+    _draft_args(g)
     g.set_defaults(func=_cmd_generate)
     s = sub.add_parser("stream", help="stream chunks into a file or a player as they are made (Ctrl-C stops, keeps "
                                       "the file)")
     _sampling_args(s, stdout=True)
     s.add_argument("--seconds", type=float, default=None, help="duration (default: endless until Ctrl-C)")
+    _draft_args(s)
     s.add_argument("--raw", action="store_true", help="with -o -: headerless s16le mono at 24 kHz instead of WAV")
     s.add_argument("--steer-stdin", action="store_true",
                    help="each line read from stdin becomes the prompt from the next chunk on")

@@ -398,11 +398,9 @@ KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.
 KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 
 
-def key_rotation(chroma, tonic: int, mode: str | None) -> int:
-    """The transposition ``r`` (semitones up, 0-11) that puts music of mean chroma ``chroma`` (12 bins, C first) in
-    the key (``tonic``, ``mode``): ``chroma`` rolled by ``r`` correlates best with that key's Krumhansl-Kessler profile.
-    That is ``tonic - t``, ``t`` being the tonic the profile of ``mode`` finds in ``chroma`` (with ``mode`` None, the
-    better of the two modes). Music whose chroma is flat (or all zeros) gets ``tonic``, the rotation from C."""
+def _best_tonic(chroma, mode: str | None) -> tuple[float, int]:
+    """(correlation, tonic) of the Krumhansl-Kessler profile of ``mode`` (both modes if None) that best fits
+    ``chroma``; (-2.0, 0) for a flat chroma (no correlation)."""
     import numpy as np
 
     c = np.asarray(chroma, dtype=np.float64).reshape(12)
@@ -412,10 +410,25 @@ def key_rotation(chroma, tonic: int, mode: str | None) -> int:
             if mode is not None and m != mode:
                 continue
             for t in range(12):
-                r = np.corrcoef(c, np.roll(profile, t))[0, 1]
+                r = float(np.corrcoef(c, np.roll(profile, t))[0, 1])
                 if np.isfinite(r) and r > best[0]:
                     best = (r, t)
-    return (tonic - best[1]) % 12
+    return best
+
+
+def key_rotation(chroma, tonic: int, mode: str | None) -> int:
+    """The transposition ``r`` (semitones up, 0-11) that puts music of mean chroma ``chroma`` (12 bins, C first) in
+    the key (``tonic``, ``mode``): ``chroma`` rolled by ``r`` correlates best with that key's Krumhansl-Kessler profile.
+    That is ``tonic - t``, ``t`` being the tonic the profile of ``mode`` finds in ``chroma`` (with ``mode`` None, the
+    better of the two modes). Music whose chroma is flat (or all zeros) gets ``tonic``, the rotation from C."""
+    return (tonic - _best_tonic(chroma, mode)[1]) % 12
+
+
+def key_fit(chroma, mode: str | None) -> float:
+    """How well music of mean chroma ``chroma`` can be put in a key of ``mode`` by transposition: the correlation
+    with the best-fitting Krumhansl-Kessler profile of that mode, -1..1 (-2 for a flat chroma). Transposing by
+    ``key_rotation`` then reaches exactly this fit in any asked tonic."""
+    return _best_tonic(chroma, mode)[0]
 
 
 def estimate_key(chroma) -> tuple[int, str]:

@@ -25,7 +25,16 @@ import numpy as np
 
 from melody_edge.audio import Audio
 from melody_edge.backends import BACKENDS, Backend
-from melody_edge.controls import Controls, beat_features, control_ids, estimate_key, key_rotation, resolve, vocabulary
+from melody_edge.controls import (
+    Controls,
+    beat_features,
+    control_ids,
+    estimate_key,
+    key_fit,
+    key_rotation,
+    resolve,
+    vocabulary,
+)
 from melody_edge.errors import BundleError, ConfigError, InvalidInputError
 from melody_edge.sampling import apply_cfg, get_schedule, sample, sample_token
 from melody_edge.text import TextTokenizer, clean_prompt, default_tokenizer
@@ -77,6 +86,7 @@ class _Settings:
     guidance: float
     lm_guidance: float
     temperature: float
+    key_candidates: int
     top_k: int | None
     top_p: float | None
     schedule: str
@@ -98,6 +108,11 @@ GENERATE_ADVANCE_CHUNKS = 2
 # ... and the DPD of a continuation segment denoises the new frames after one kept chunk (2.56 s at angle 0) rather
 # than the whole kept window: a stream chunk's DPD passes cover 2 chunks, not 4 (the LM still reads all kept tokens)
 DPD_CONTEXT_CHUNKS = 1
+# With a key asked, the first window's LM drafts its first DRAFT_TOKENS tokens KEY_CANDIDATES times and goes on
+# from the draft that fits the key best (``Generator._lm``, ``controls.key_fit``)
+KEY_CANDIDATES = 4
+MAX_KEY_CANDIDATES = 16
+DRAFT_TOKENS = 64
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
 
@@ -261,7 +276,7 @@ class Generator:
                  read_controls: bool = True, steps: int | None = None,
                  guidance: float | None = None, lm_guidance: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
-                 progress: Progress | None = None) -> Audio:
+                 key_candidates: int | None = None, progress: Progress | None = None) -> Audio:
         """Generate ``seconds`` of music from a text prompt.
 
         Args:
@@ -276,6 +291,9 @@ class Generator:
                 others);
                 temperature: LM sampling temperature (default: the model's ``config.temperature``); top_k/top_p:
                 semantic token sampling filters; schedule: 'paper'|'uniform'.
+            key_candidates: with a key asked (and a transposing model), the LM drafts the first ``DRAFT_TOKENS``
+                tokens this many times and goes on from the draft that fits the key best (``key_fit``), which is
+                then transposed to the key (default ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -284,7 +302,8 @@ class Generator:
         """
         _check_args(prompt, seed, top_k, top_p, progress, schedule)
         seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
-        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
+                                  key_candidates)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         stats = GenerationStats()
@@ -310,7 +329,8 @@ class Generator:
                read_controls: bool = True, steps: int | None = None, guidance: float | None = None,
                lm_guidance: float | None = None,
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-               schedule: str = "paper", progress: Progress | None = None) -> Stream:
+               schedule: str = "paper", key_candidates: int | None = None,
+               progress: Progress | None = None) -> Stream:
         """Yield music chunk by chunk (``chunk_seconds`` each; the first is 40 ms shorter, since each chunk's last
         40 ms wait to be crossfaded into the next (``JOIN_CROSSFADE_TOKENS``); the last one of a bounded stream takes
         what remains) with constant memory.
@@ -325,7 +345,8 @@ class Generator:
         _check_args(prompt, seed, top_k, top_p, progress, schedule, stream_seconds=seconds)
         if seconds is not None:
             seconds = _check_seconds(seconds, None)
-        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
+                                  key_candidates)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         return Stream(self, text, ctl, seconds, settings, seed, progress)
@@ -471,7 +492,8 @@ class Generator:
             raise InvalidInputError("audio contains NaN or inf samples")
         return audio.resample(self.config.sample_rate).samples
 
-    def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule) -> _Settings:
+    def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
+                  key_candidates: int | None = None) -> _Settings:
         steps = self.config.dpd_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
             raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
@@ -482,7 +504,13 @@ class Generator:
         for name, val in (("guidance", guidance), ("lm_guidance", lm_guidance), ("temperature", temperature)):
             if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0 or val > 100:
                 raise InvalidInputError(f"{name} must be a number in (0, 100], got {val!r}")
-        return _Settings(int(steps), float(guidance), float(lm_guidance), float(temperature), top_k, top_p, schedule)
+        key_candidates = KEY_CANDIDATES if key_candidates is None else key_candidates
+        if (isinstance(key_candidates, bool) or not isinstance(key_candidates, (int, np.integer))
+                or not 1 <= key_candidates <= MAX_KEY_CANDIDATES):
+            raise InvalidInputError(f"key_candidates must be an integer in [1, {MAX_KEY_CANDIDATES}], got "
+                                    f"{key_candidates!r}")
+        return _Settings(int(steps), float(guidance), float(lm_guidance), float(temperature), int(key_candidates),
+                         top_k, top_p, schedule)
 
     def _text_tokenizer(self) -> TextTokenizer:
         path = getattr(self.backend, "text_tokenizer_path", None)
@@ -510,32 +538,57 @@ class Generator:
         return prefix
 
     def _lm(self, prefix, kept: np.ndarray, n_new: int, s: _Settings, rng, stats, progress,
-            beat: np.ndarray | None = None) -> np.ndarray:
+            beat: np.ndarray | None = None, fit: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
         # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all);
-        # beat (len(kept) + n_new, F): the beat clock of every token (the CFG null row gets none)
+        # beat (len(kept) + n_new, F): the beat clock of every token (the CFG null row gets none).
+        # fit (a score of tokens, higher = better) with s.key_candidates > 1: the LM drafts the first DRAFT_TOKENS
+        # tokens that many times, each draft from its own prefill, and goes on from the draft that scores best
         t0 = time.perf_counter()
         B = prefix.shape[0]
         if beat is not None:
             beat = np.stack([beat] + [np.zeros_like(beat)] * (B - 1))  # (B, K + n_new, F)
-            logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0),
-                                                    beat[:, : len(kept) + 1])
+        n_draft = min(DRAFT_TOKENS, n_new) if fit is not None and s.key_candidates > 1 else 0
+        total = n_new + (s.key_candidates - 1) * n_draft
+        done = 0
+
+        def start() -> dict[str, Any]:
+            kept_b = np.repeat(kept[None], B, axis=0)
+            if beat is not None:
+                logits, cache = self.backend.lm_prefill(prefix, kept_b, beat[:, : len(kept) + 1])
+            else:
+                logits, cache = self.backend.lm_prefill(prefix, kept_b)
+            return {"logits": logits, "cache": cache, "pos": prefix.shape[1] + len(kept),
+                    "out": np.empty(n_new, dtype=np.int64), "n": 0}
+
+        def run(d: dict[str, Any], until: int) -> dict[str, Any]:
+            nonlocal done
+            out = d["out"]
+            for i in range(d["n"], until):
+                if i:
+                    token = np.repeat(out[i - 1:i], B)
+                    if beat is not None:
+                        d["logits"], d["cache"] = self.backend.lm_step(token, d["pos"], d["cache"],
+                                                                       beat[:, len(kept) + i])
+                    else:
+                        d["logits"], d["cache"] = self.backend.lm_step(token, d["pos"], d["cache"])
+                    d["pos"] += 1
+                logits = d["logits"]
+                lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
+                out[i] = sample_token(lg, rng, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
+                done += 1
+                if progress:
+                    progress("lm", done, total)
+            d["n"] = until
+            return d
+
+        if n_draft:
+            drafts = [run(start(), n_draft) for _ in range(s.key_candidates)]
+            best = max(drafts, key=lambda d: fit(d["out"][:n_draft]))  # the first of equal scores
+            del drafts
         else:
-            logits, cache = self.backend.lm_prefill(prefix, np.repeat(kept[None], B, axis=0))
-        pos = prefix.shape[1] + len(kept)
-        out = np.empty(n_new, dtype=np.int64)
-        for i in range(n_new):
-            if i:
-                token = np.repeat(out[i - 1:i], B)
-                if beat is not None:
-                    logits, cache = self.backend.lm_step(token, pos, cache, beat[:, len(kept) + i])
-                else:
-                    logits, cache = self.backend.lm_step(token, pos, cache)
-                pos += 1
-            lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
-            out[i] = sample_token(lg, rng, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
-            if progress:
-                progress("lm", i + 1, n_new)
-        stats.passes["lm"] += n_new
+            best = start()
+        out = run(best, n_new)["out"]
+        stats.passes["lm"] += total
         stats.seconds["lm"] += time.perf_counter() - t0
         return out
 
@@ -618,8 +671,12 @@ class Generator:
             if c.controls.enabled:
                 beat = beat_features(len(kept_tok) + n_tok, state["pos"] - len(kept_tok), controls.bpm,
                                      c.controls.beat_harmonics, c.token_rate)
-            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat)
-            if rotate and not len(kept_tok) and controls.tonic is not None:
+            fit = None
+            if rotate and not len(kept_tok) and controls.tonic is not None:  # drafts scored by their fit to the key
+                feats = self.backend.semantic_tokenizer.token_features()
+                fit = lambda t, f=feats: key_fit(f[t][:, :12].mean(axis=0), controls.mode)  # noqa: E731
+            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat, fit)
+            if fit is not None:
                 # the first window of a song in an asked key: rotate the LM's tokens so that their pitch content
                 # fits that key. The LM writes "in C" only as nearly as it learned to (its own tokens' chroma most
                 # often read a fifth above, or the relative minor); measured on the shipped model, 2 seeds x 75

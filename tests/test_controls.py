@@ -306,6 +306,43 @@ def test_the_first_window_is_rotated_to_fit_the_asked_key_and_a_steer_keeps_the_
     np.testing.assert_array_equal(seen[-1][len(seen[-1]) - len(new):], rotate_tokens(new, (9 + offset) % 12))
 
 
+def test_lm_goes_on_from_the_draft_that_fits_best(gen: Generator) -> None:
+    from melody_edge.generator import DRAFT_TOKENS, GenerationStats
+
+    c = gen.config
+    ctl = gen.controls("a piece", key="D minor")
+    s = gen._settings(1, None, None, None, None, None, "paper", key_candidates=3)
+    prefix = gen._prefix("a piece", ctl, s.lm_guidance, GenerationStats())
+    beat = beat_features(20, 0, ctl.bpm, c.controls.beat_harmonics, c.token_rate)
+    scored = []
+
+    def fit(t):
+        scored.append(t.copy())
+        return float(t.sum() % 7)  # any deterministic score
+
+    stats = GenerationStats()
+    out = gen._lm(prefix, np.zeros(0, np.int64), 20, s, np.random.default_rng(0), stats, None, beat, fit)
+    n_draft = min(DRAFT_TOKENS, 20)
+    assert len(scored) == 3 and all(len(t) == n_draft for t in scored)
+    best = max(range(3), key=lambda i: scored[i].sum() % 7)
+    np.testing.assert_array_equal(out[:n_draft], scored[best])
+    assert stats.passes["lm"] == 20 + 2 * n_draft
+    one = gen._settings(1, None, None, None, None, None, "paper", key_candidates=1)
+    plain = GenerationStats()
+    gen._lm(prefix, np.zeros(0, np.int64), 20, one, np.random.default_rng(0), plain, None, beat, fit)
+    assert plain.passes["lm"] == 20 and len(scored) == 3  # one candidate: no drafts, nothing scored
+    # generate drafts only with a key asked
+    assert gen.generate("a piece", seconds=0.7, seed=0, key="A minor", steps=1,
+                        key_candidates=3).stats.passes["lm"] == 18 + 2 * 18
+    assert gen.generate("a piece", seconds=0.7, seed=0, steps=1, key_candidates=3).stats.passes["lm"] == 18
+
+
+@pytest.mark.parametrize("bad", [0, 17, 2.5, True, "4"])
+def test_key_candidates_are_checked(gen: Generator, bad) -> None:
+    with pytest.raises(InvalidInputError, match="key_candidates"):
+        gen.generate("a piece", seconds=0.5, key="A minor", key_candidates=bad)
+
+
 def test_explicit_controls_are_validated_by_the_generator(gen: Generator) -> None:
     with pytest.raises(InvalidInputError, match="30, 300"):
         gen.generate("a piece", seconds=0.5, bpm=0)
