@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -108,11 +109,11 @@ GENERATE_ADVANCE_CHUNKS = 2
 # ... and the DPD of a continuation segment denoises the new frames after one kept chunk (2.56 s at angle 0) rather
 # than the whole kept window: a stream chunk's DPD passes cover 2 chunks, not 4 (the LM still reads all kept tokens)
 DPD_CONTEXT_CHUNKS = 1
-# With a key asked, the first window's LM drafts its first DRAFT_TOKENS tokens KEY_CANDIDATES times and goes on
-# from the draft that fits the key best (``Generator._lm``, ``controls.key_fit``)
+# With a key asked, the LM writes a song's first window KEY_CANDIDATES times and keeps the draft that fits the key
+# best (``Generator._lm``, ``controls.key_fit``), DRAFT_WORKERS drafts at once
 KEY_CANDIDATES = 4
 MAX_KEY_CANDIDATES = 16
-DRAFT_TOKENS = 64
+DRAFT_WORKERS = max(1, os.cpu_count() or 1)
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
 
@@ -291,9 +292,9 @@ class Generator:
                 others);
                 temperature: LM sampling temperature (default: the model's ``config.temperature``); top_k/top_p:
                 semantic token sampling filters; schedule: 'paper'|'uniform'.
-            key_candidates: with a key asked (and a transposing model), the LM drafts the first ``DRAFT_TOKENS``
-                tokens this many times and goes on from the draft that fits the key best (``key_fit``), which is
-                then transposed to the key (default ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
+            key_candidates: with a key asked (and a transposing model), the LM writes the first window this many
+                times (on parallel threads) and keeps the draft that fits the key best (``controls.key_fit``),
+                which is then transposed to the key (default ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -541,54 +542,49 @@ class Generator:
             beat: np.ndarray | None = None, fit: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
         # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all);
         # beat (len(kept) + n_new, F): the beat clock of every token (the CFG null row gets none).
-        # fit (a score of tokens, higher = better) with s.key_candidates > 1: the LM drafts the first DRAFT_TOKENS
-        # tokens that many times, each draft from its own prefill, and goes on from the draft that scores best
+        # fit (a score of tokens, higher = better) with s.key_candidates > 1: the LM writes the segment that many
+        # times (drafts, each with its own random stream spawned from rng and its own cache, DRAFT_WORKERS at once
+        # where the backend allows) and the draft that scores best is kept
         t0 = time.perf_counter()
         B = prefix.shape[0]
         if beat is not None:
             beat = np.stack([beat] + [np.zeros_like(beat)] * (B - 1))  # (B, K + n_new, F)
-        n_draft = min(DRAFT_TOKENS, n_new) if fit is not None and s.key_candidates > 1 else 0
-        total = n_new + (s.key_candidates - 1) * n_draft
-        done = 0
 
-        def start() -> dict[str, Any]:
+        def decode(r: np.random.Generator, report: Progress | None) -> np.ndarray:
             kept_b = np.repeat(kept[None], B, axis=0)
             if beat is not None:
                 logits, cache = self.backend.lm_prefill(prefix, kept_b, beat[:, : len(kept) + 1])
             else:
                 logits, cache = self.backend.lm_prefill(prefix, kept_b)
-            return {"logits": logits, "cache": cache, "pos": prefix.shape[1] + len(kept),
-                    "out": np.empty(n_new, dtype=np.int64), "n": 0}
-
-        def run(d: dict[str, Any], until: int) -> dict[str, Any]:
-            nonlocal done
-            out = d["out"]
-            for i in range(d["n"], until):
+            pos = prefix.shape[1] + len(kept)
+            out = np.empty(n_new, dtype=np.int64)
+            for i in range(n_new):
                 if i:
                     token = np.repeat(out[i - 1:i], B)
                     if beat is not None:
-                        d["logits"], d["cache"] = self.backend.lm_step(token, d["pos"], d["cache"],
-                                                                       beat[:, len(kept) + i])
+                        logits, cache = self.backend.lm_step(token, pos, cache, beat[:, len(kept) + i])
                     else:
-                        d["logits"], d["cache"] = self.backend.lm_step(token, d["pos"], d["cache"])
-                    d["pos"] += 1
-                logits = d["logits"]
+                        logits, cache = self.backend.lm_step(token, pos, cache)
+                    pos += 1
                 lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
-                out[i] = sample_token(lg, rng, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
-                done += 1
-                if progress:
-                    progress("lm", done, total)
-            d["n"] = until
-            return d
+                out[i] = sample_token(lg, r, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
+                if report:
+                    report("lm", i + 1, n_new)
+            return out
 
-        if n_draft:
-            drafts = [run(start(), n_draft) for _ in range(s.key_candidates)]
-            best = max(drafts, key=lambda d: fit(d["out"][:n_draft]))  # the first of equal scores
-            del drafts
-        else:
-            best = start()
-        out = run(best, n_new)["out"]
-        stats.passes["lm"] += total
+        k = s.key_candidates if fit is not None else 1
+        if k == 1:
+            out = decode(rng, progress)
+        else:  # progress is reported from this thread, one draft at a time as they finish
+            workers = min(k, DRAFT_WORKERS) if self.backend.concurrent_lm else 1
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(decode, r, None) for r in rng.spawn(k)]
+                for n, _ in enumerate(as_completed(futures), 1):
+                    if progress:
+                        progress("lm", n * n_new, k * n_new)
+                drafts = [f.result() for f in futures]
+            out = max(drafts, key=fit)  # the first of equal scores
+        stats.passes["lm"] += k * n_new
         stats.seconds["lm"] += time.perf_counter() - t0
         return out
 

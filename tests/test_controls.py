@@ -306,8 +306,8 @@ def test_the_first_window_is_rotated_to_fit_the_asked_key_and_a_steer_keeps_the_
     np.testing.assert_array_equal(seen[-1][len(seen[-1]) - len(new):], rotate_tokens(new, (9 + offset) % 12))
 
 
-def test_lm_goes_on_from_the_draft_that_fits_best(gen: Generator) -> None:
-    from melody_edge.generator import DRAFT_TOKENS, GenerationStats
+def test_lm_keeps_the_draft_that_fits_best_and_drafts_are_reproducible(gen: Generator) -> None:
+    from melody_edge.generator import GenerationStats
 
     c = gen.config
     ctl = gen.controls("a piece", key="D minor")
@@ -320,21 +320,28 @@ def test_lm_goes_on_from_the_draft_that_fits_best(gen: Generator) -> None:
         scored.append(t.copy())
         return float(t.sum() % 7)  # any deterministic score
 
-    stats = GenerationStats()
-    out = gen._lm(prefix, np.zeros(0, np.int64), 20, s, np.random.default_rng(0), stats, None, beat, fit)
-    n_draft = min(DRAFT_TOKENS, 20)
-    assert len(scored) == 3 and all(len(t) == n_draft for t in scored)
-    best = max(range(3), key=lambda i: scored[i].sum() % 7)
-    np.testing.assert_array_equal(out[:n_draft], scored[best])
-    assert stats.passes["lm"] == 20 + 2 * n_draft
+    stats, seen = GenerationStats(), []
+    out = gen._lm(prefix, np.zeros(0, np.int64), 20, s, np.random.default_rng(0), stats,
+                  lambda stage, done, total: seen.append((stage, done, total)), beat, fit)
+    assert len(scored) == 3 and all(len(t) == 20 for t in scored)
+    np.testing.assert_array_equal(out, max(scored, key=lambda t: t.sum() % 7))
+    assert len({t.tobytes() for t in scored}) == 3  # three different drafts
+    assert stats.passes["lm"] == 60 and seen[-1] == ("lm", 60, 60)
+    again = gen._lm(prefix, np.zeros(0, np.int64), 20, s, np.random.default_rng(0), GenerationStats(), None, beat,
+                    fit)
+    np.testing.assert_array_equal(again, out)  # drafts run on threads, each with its own spawned random stream
     one = gen._settings(1, None, None, None, None, None, "paper", key_candidates=1)
     plain = GenerationStats()
     gen._lm(prefix, np.zeros(0, np.int64), 20, one, np.random.default_rng(0), plain, None, beat, fit)
-    assert plain.passes["lm"] == 20 and len(scored) == 3  # one candidate: no drafts, nothing scored
-    # generate drafts only with a key asked
+    assert plain.passes["lm"] == 20 and len(scored) == 6  # one candidate: no drafts, nothing scored
+    # generate drafts only with a key asked, and only the first window
     assert gen.generate("a piece", seconds=0.7, seed=0, key="A minor", steps=1,
-                        key_candidates=3).stats.passes["lm"] == 18 + 2 * 18
+                        key_candidates=3).stats.passes["lm"] == 3 * 18
     assert gen.generate("a piece", seconds=0.7, seed=0, steps=1, key_candidates=3).stats.passes["lm"] == 18
+    w = c.window_tokens
+    song = gen.generate("a piece", seconds=(w + c.chunk_tokens) / c.token_rate, seed=0, key="A minor", steps=1,
+                        key_candidates=2)
+    assert song.stats.passes["lm"] == 2 * w + c.chunk_tokens  # drafts of the first window only
 
 
 @pytest.mark.parametrize("bad", [0, 17, 2.5, True, "4"])

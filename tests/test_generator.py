@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from melody_edge import Audio, ConfigError, Generator, InvalidInputError, OutputPathError
-from melody_edge.generator import GENERATE_ADVANCE_CHUNKS, MAX_GENERATE_SECONDS
+from melody_edge.generator import GENERATE_ADVANCE_CHUNKS, KEY_CANDIDATES, MAX_GENERATE_SECONDS
 from melody_edge.text import MAX_PROMPT_CHARS
 
 PROMPT = "a calm piano waltz in D major"
@@ -36,9 +36,11 @@ def test_forward_passes_equal_the_analytic_count(debug_gen, seconds, steps, guid
     first = min(seconds, cfg.window_seconds)
     advance = min(GENERATE_ADVANCE_CHUNKS, cfg.n_chunks - 1) * cfg.chunk_tokens
     segments = 1 + math.ceil(max(0.0, seconds - first) / (advance / cfg.token_rate) - 1e-9)
+    tokens = math.ceil(seconds * cfg.token_rate - 1e-9)
+    drafts = (KEY_CANDIDATES - 1) * min(tokens, cfg.window_tokens)  # the prompt asks a key: first-window drafts
     assert audio.stats.passes == {
         "text": 1,
-        "lm": math.ceil(seconds * cfg.token_rate - 1e-9),  # prefill gives the first token, one step per other token
+        "lm": tokens + drafts,  # per draft, the prefill gives the first token, one step per other token
         "dpd": steps * segments,  # CFG batches cond + uncond into one pass
         "vae": segments,
     }
@@ -57,7 +59,9 @@ def test_stream_chunks_concatenate_to_requested_length_without_gaps(debug_gen):
     # no gap: no run of exact zeros at chunk joins
     for c in chunks:
         assert np.abs(c.samples[:100]).max() > 0 and np.abs(c.samples[-100:]).max() > 0
-    assert sum(c.stats.passes["lm"] for c in chunks) == math.ceil(seconds * debug_gen.frame_rate)
+    first = len(chunks[0].samples) // 960 + 1  # the first chunk's tokens, drafted KEY_CANDIDATES times (a key is asked)
+    drafts = (KEY_CANDIDATES - 1) * first
+    assert sum(c.stats.passes["lm"] for c in chunks) == math.ceil(seconds * debug_gen.frame_rate) + drafts
     assert all(c.stats.passes["vae"] == 1 for c in chunks)
 
 

@@ -18,11 +18,13 @@ def test_default_generator_runs_the_shipped_int8_bundle_on_onnxruntime():
     assert len(audio.samples) == 3 * 24_000
     rms = float(np.sqrt(np.mean(audio.samples**2)))
     assert 0.005 < rms < 0.9  # not silent, not clipping throughout
-    # and not noise: the shipped model's output is tonal and band-limited (measured: median spectral flatness
-    # 0.0003-0.0011 and 0.06-0.09% of the power above 4 kHz for seeds 0 and 1; white noise 0.56 and 67%, brown
-    # noise 0.033 and 1.6%). The bounds sit ~10x above what the model makes and below both noises.
+    # and not noise: the shipped model's output is tonal and band-limited. Spectral flatness (median over frames):
+    # the model 0.0003-0.0011 for seeds 0 and 1, real test renders 0.0001 median and 0.0014 at most (45 clips),
+    # brown noise 0.033, white noise 0.56: the bound 0.01 rejects both noises. Power above 4 kHz: real renders 0.16%
+    # median, 2.3% at the 90th percentile, 5.7% at most (strings and brass have upper partials; the model 0.06-1.5%),
+    # white noise 67%: the bound 10% admits every real render and rejects white noise.
     assert _spectral_flatness(audio.samples) < 0.01
-    assert _power_above(audio.samples, 4000.0) < 0.01
+    assert _power_above(audio.samples, 4000.0) < 0.10
 
 
 def _spectral_flatness(x: np.ndarray, n: int = 2048) -> float:

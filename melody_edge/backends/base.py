@@ -20,6 +20,9 @@ class Backend(ABC):
     name: str = "base"
     config: ModelConfig
     semantic_tokenizer: Any = None  # melody_edge.tokenizer.SemanticTokenizer when the model ships one
+    # whether independent LM decodes (each with its own cache) may run at once on several threads: the Generator's
+    # key drafts do where it is set (onnxruntime releases the GIL in a run and its sessions take concurrent runs)
+    concurrent_lm: bool = False
 
     @abstractmethod
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray,

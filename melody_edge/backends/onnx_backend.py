@@ -135,6 +135,7 @@ class OnnxBackend(Backend):
     """
 
     name = "onnxruntime"
+    concurrent_lm = True
 
     def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None, *,
                  profile_prefix: str | None = None) -> None:
