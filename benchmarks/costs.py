@@ -39,8 +39,15 @@ class _Tokens:
     def __init__(self, cfg: ModelConfig) -> None:
         self.spt = cfg.sample_rate // cfg.token_rate
 
+        self.n_features = 12 + 3  # chroma first, as ``SemanticTokenizer.token_features`` (values are not used)
+        self.vocab = cfg.lm.vocab_size
+
     def encode(self, audio: np.ndarray) -> np.ndarray:
         return np.zeros(-(-len(audio) // self.spt), np.int64)
+
+    def token_features(self) -> np.ndarray:
+        """Per-token features (chroma first): scoring key drafts reads them; ones (a flat chroma) do for counting."""
+        return np.ones((self.vocab, self.n_features), np.float32)
 
 
 class ShapeRecorder(Backend):

@@ -74,6 +74,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"{r['threads']}`: \"{r['prompt']}\", seed {r['seed']}; RTF {r['rtf']:.4f} ({r['total_s'] * 1e3:.0f} ms "
              f"for {r['seconds']:g} s) under onnxruntime's profiler, which inflates kernel times a little. Intra-op "
              f"threads per graph: {r['threads_by_graph']}.", "",
+             "In onnxruntime: summed over threads (the LM's key drafts run concurrently, so its figure can exceed its "
+             "wall time and the rest go negative).", "",
              "| stage | passes | wall ms | in onnxruntime ms | outside (Python) ms | share of the call |",
              "|---|---|---|---|---|---|"]
     for stage, s in r["stages"].items():

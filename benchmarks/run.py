@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-seconds", type=float, default=None, help="shorten (or lengthen) the stream workloads")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per workload after the warm-up "
                                                              "(default 3; 1 with --quick)")
-    p.add_argument("--steps", type=int, default=8, help="diffusion steps (default 8)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps (default: each model's own, its config.dpd_steps: what users run)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for torch, onnxruntime and BLAS")
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the paper preset (random weights, torch fp32) on gen10s (default: on, "
@@ -207,6 +208,9 @@ def plan(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         jobs.append({**common, "label": "paper-torch", "backend": "torch", "model": "paper", "precision": "fp32",
                      "workloads": [PAPER_WORKLOAD], "steps": args.steps,
                      "repeats": args.paper_repeats, "warmup_seconds": PAPER_WARMUP_SECONDS})
+    for job in jobs:  # no --steps: every model runs its own default (a step-distilled student fewer)
+        if job["steps"] is None:
+            job["steps"] = _config_of(job).dpd_steps
     return jobs
 
 
@@ -251,7 +255,8 @@ def _workload_rows(header: dict[str, Any], job: dict[str, Any], result: dict[str
 
     cfg = _config_of(job)
     params = param_counts(cfg)
-    settings = {"steps": job["steps"], "guidance": cfg.guidance, "lm_guidance": cfg.lm_guidance,
+    settings = {"steps": job["steps"], "default_steps": cfg.dpd_steps, "guidance": cfg.guidance,
+                "lm_guidance": cfg.lm_guidance, "temperature": cfg.temperature,
                 "threads": job["threads"], "seed": job["seed"], "repeats": job["repeats"], "quick": header["quick"]}
     base = {**header, "kind": "workload", "config": job["label"], "backend": job["backend"],
             "precision": job["precision"], "preset": cfg.name, "model": job["model"],

@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.workloads import Workload
+from melody_edge.generator import KEY_CANDIDATES
 from melody_edge.models.config import get_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +46,15 @@ def _python(*args: str, env: dict[str, str] | None = None, timeout: int = 900, r
 def expected_passes(workload: str, steps: int = 8) -> dict[str, int]:
     """Forward passes from the generator's contract, not from its loop: one text pass; one LM pass per 40 ms token;
     segments of a window first (``generate``) or of a chunk (``stream``, ``continue_audio``), then of a chunk each;
-    ``steps`` DPD passes (the CFG pair is one batch) and one VAE decode per segment, plus the prompt's encode."""
+    ``steps`` DPD passes (the CFG pair is one batch) and one VAE decode per segment, plus the prompt's encode. The
+    benchmark prompt asks a key, so a song's first segment (not a continuation's) is drafted ``KEY_CANDIDATES``
+    times."""
     cfg, wl = get_config("debug"), Workload.parse(workload)
     tokens = math.ceil(wl.seconds * cfg.token_rate)
     first = cfg.window_tokens if wl.kind == "gen" else cfg.chunk_tokens
     segments = 1 + math.ceil(max(0, tokens - first) / cfg.chunk_tokens)
-    return {"text": 1, "lm": tokens, "dpd": steps * segments, "vae": segments + (wl.kind == "cont")}
+    drafts = 0 if wl.kind == "cont" else (KEY_CANDIDATES - 1) * min(tokens, first)
+    return {"text": 1, "lm": tokens + drafts, "dpd": steps * segments, "vae": segments + (wl.kind == "cont")}
 
 
 @pytest.fixture(scope="module")
