@@ -89,12 +89,13 @@ class ShapeRecorder(Backend):
         return np.zeros((audio.shape[0], -(-audio.shape[1] // hop), self.config.vae.latent_dim), np.float32)
 
 
-def record_calls(cfg: ModelConfig, wl: Workload, steps: int) -> list[Call]:
-    """Every backend call (component, input shapes) that ``wl`` makes with ``steps`` diffusion steps."""
+def record_calls(cfg: ModelConfig, wl: Workload, steps: int, key_candidates: int | None = None) -> list[Call]:
+    """Every backend call (component, input shapes) that ``wl`` makes with ``steps`` diffusion steps (and
+    ``key_candidates`` key drafts, None: the generator's default)."""
     rec = ShapeRecorder(cfg)
     prompt_audio = Audio(np.zeros(int(wl.prompt_seconds * cfg.sample_rate), np.float32), cfg.sample_rate)
     run_once(Generator.from_backend(rec), wl, steps=steps, seed=0,
-             prompt_audio=prompt_audio if wl.kind == "cont" else None)
+             prompt_audio=prompt_audio if wl.kind == "cont" else None, key_candidates=key_candidates)
     return rec.calls
 
 
@@ -166,9 +167,10 @@ def _lm_bytes(cfg: ModelConfig, call: Call, precision: str) -> int:
 STAGE = {"text": "text", "lm_prefill": "lm", "lm_step": "lm", "dpd": "dpd", "vae_decode": "vae", "vae_encode": "vae"}
 
 
-def workload_costs(cfg: ModelConfig, wl: Workload, steps: int, precision: str) -> dict[str, Any]:
+def workload_costs(cfg: ModelConfig, wl: Workload, steps: int, precision: str,
+                   key_candidates: int | None = None) -> dict[str, Any]:
     """FLOPs per stage (lm, dpd, vae) and LM bytes for one run of ``wl``, plus the forward passes the count saw."""
-    calls = record_calls(cfg, wl, steps)
+    calls = record_calls(cfg, wl, steps, key_candidates)
     flops = {"lm": 0, "dpd": 0, "vae": 0}
     passes = {"text": 0, "lm": 0, "dpd": 0, "vae": 0}
     lm_bytes, lm_step_bytes = 0, 0

@@ -80,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="diffusion steps (default: each model's own, its config.dpd_steps: what users run)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for torch, onnxruntime and BLAS")
+    p.add_argument("--key-candidates", type=int, default=None,
+                   help="the generator's key drafts (default: its own, 4); the labels get a -k<N> suffix")
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the paper preset (random weights, torch fp32) on gen10s (default: on, "
                         "off with --quick)")
@@ -181,6 +183,7 @@ def plan(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         workloads = [w.with_seconds(args.stream_seconds) if w.kind == "stream" else w for w in workloads]
     repeats = args.repeats or (1 if args.quick else 3)
     common = {"threads": args.threads, "steps": args.steps, "repeats": repeats, "seed": SEED, "prompt": PROMPT,
+              "key_candidates": args.key_candidates,
               "workloads": [w.name for w in workloads], "warmup_seconds": None}
     jobs = []
     if "torch" in backends:
@@ -211,6 +214,8 @@ def plan(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
     for job in jobs:  # no --steps: every model runs its own default (a step-distilled student fewer)
         if job["steps"] is None:
             job["steps"] = _config_of(job).dpd_steps
+        if args.key_candidates is not None:
+            job["label"] += f"-k{args.key_candidates}"
     return jobs
 
 
@@ -257,6 +262,7 @@ def _workload_rows(header: dict[str, Any], job: dict[str, Any], result: dict[str
     params = param_counts(cfg)
     settings = {"steps": job["steps"], "default_steps": cfg.dpd_steps, "guidance": cfg.guidance,
                 "lm_guidance": cfg.lm_guidance, "temperature": cfg.temperature,
+                "key_candidates": job.get("key_candidates"),
                 "threads": job["threads"], "seed": job["seed"], "repeats": job["repeats"], "quick": header["quick"]}
     base = {**header, "kind": "workload", "config": job["label"], "backend": job["backend"],
             "precision": job["precision"], "preset": cfg.name, "model": job["model"],
@@ -272,7 +278,7 @@ def _workload_rows(header: dict[str, Any], job: dict[str, Any], result: dict[str
         row = {**base, "workload": name, "workload_kind": wl.kind, "audio_seconds": wl.seconds,
                "prompt_seconds": wl.prompt_seconds or None}
         row.update(by_name.get(name, {"status": "failed", "error": error or "no result"}))
-        row["analytic"] = workload_costs(cfg, wl, job["steps"], job["precision"])
+        row["analytic"] = workload_costs(cfg, wl, job["steps"], job["precision"], job.get("key_candidates"))
         if row["status"] == "ok" and row["stages"]["passes"] != row["analytic"]["calls"]:
             log.warning("%s %s: the analytic count saw passes %s, the run %s; the FLOP figures do not fit this run",
                         job["label"], name, row["analytic"]["calls"], row["stages"]["passes"])
@@ -352,13 +358,14 @@ def _measure_repeated(gen: Any, wl: Workload, job: dict[str, Any]) -> dict[str, 
     steps, seed = job["steps"], job["seed"]
     prompt_audio = gen.generate(PROMPT, wl.prompt_seconds, seed=seed + 1, steps=steps) if wl.kind == "cont" else None
     warm = wl.with_seconds(job["warmup_seconds"]) if job["warmup_seconds"] else wl
-    run_once(gen, warm, steps=steps, seed=seed, prompt_audio=prompt_audio)
+    kc = job.get("key_candidates")
+    run_once(gen, warm, steps=steps, seed=seed, prompt_audio=prompt_audio, key_candidates=kc)
     samples: list[float] = []
     stage_samples: dict[str, list[float]] = {}
     passes: dict[str, int] = {}
     for _ in range(job["repeats"]):
         t0 = time.perf_counter()
-        stats = run_once(gen, wl, steps=steps, seed=seed, prompt_audio=prompt_audio)
+        stats = run_once(gen, wl, steps=steps, seed=seed, prompt_audio=prompt_audio, key_candidates=kc)
         samples.append(time.perf_counter() - t0)
         for k, v in stats.seconds.items():
             stage_samples.setdefault(k, []).append(v)
@@ -374,11 +381,13 @@ def _measure_stream(gen: Any, wl: Workload, job: dict[str, Any]) -> dict[str, An
 
     steps, seed = job["steps"], job["seed"]
     warm = wl.with_seconds(STREAM_WARMUP_CHUNKS * gen.chunk_seconds)
-    run_once(gen, warm, steps=steps, seed=seed)
+    kc = job.get("key_candidates")
+    run_once(gen, warm, steps=steps, seed=seed, key_candidates=kc)
     stats = GenerationStats()
     wall, audio_s, rss = [], [], []
     t0 = last = time.perf_counter()
-    for chunk in gen.stream(PROMPT, seconds=wl.seconds, seed=seed, steps=steps):
+    for chunk in gen.stream(PROMPT, seconds=wl.seconds, seed=seed, steps=steps,
+                            **({} if kc is None else {"key_candidates": kc})):
         now = time.perf_counter()
         wall.append(now - last)
         last = now

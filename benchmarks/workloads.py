@@ -47,16 +47,18 @@ class Workload:
         return Workload(f"{self.kind}{seconds:g}s", self.kind, seconds)
 
 
-def run_once(gen: Generator, wl: Workload, *, steps: int, seed: int,
-             prompt_audio: Audio | None = None) -> GenerationStats:
-    """Do the workload once with ``PROMPT`` (a stream is consumed to the end) and return the call's stats."""
+def run_once(gen: Generator, wl: Workload, *, steps: int, seed: int, prompt_audio: Audio | None = None,
+             key_candidates: int | None = None) -> GenerationStats:
+    """Do the workload once with ``PROMPT`` (a stream is consumed to the end) and return the call's stats.
+    ``key_candidates``: the generator's key drafts (None: its default; a continuation makes none)."""
+    drafts = {} if key_candidates is None else {"key_candidates": key_candidates}
     if wl.kind == "gen":
-        return gen.generate(PROMPT, wl.seconds, seed=seed, steps=steps).stats
+        return gen.generate(PROMPT, wl.seconds, seed=seed, steps=steps, **drafts).stats
     if wl.kind == "cont":
         if prompt_audio is None:
             raise ValueError(f"{wl.name} needs the audio prompt to continue")
         return gen.continue_audio(prompt_audio, PROMPT, wl.seconds, seed=seed, steps=steps).stats
     stats = GenerationStats()
-    for chunk in gen.stream(PROMPT, seconds=wl.seconds, seed=seed, steps=steps):
+    for chunk in gen.stream(PROMPT, seconds=wl.seconds, seed=seed, steps=steps, **drafts):
         stats.add(chunk.stats)
     return stats
