@@ -11,6 +11,7 @@ from melody_edge import Generator
 from melody_edge.controls import (
     FAMILIES,
     INSTRUMENTS,
+    KEY_PROFILES,
     KK_MAJOR,
     KK_MINOR,
     METRES,
@@ -18,6 +19,7 @@ from melody_edge.controls import (
     beat_features,
     control_ids,
     estimate_key,
+    key_fit,
     key_rotation,
     parse_controls,
     resolve,
@@ -282,6 +284,10 @@ def test_key_rotation_moves_music_to_the_asked_key(shift: int) -> None:
     assert key_rotation(np.zeros(12), shift, "minor") == shift
     rotated = np.roll(g_major, key_rotation(g_major, shift, "major"))
     assert estimate_key(rotated) == (shift, "major")
+    for major, minor in KEY_PROFILES.values():  # music shaped like any of the four profiles is read alike
+        assert key_rotation(np.roll(np.array(major), 7), shift, "major") == (shift - 7) % 12
+        assert key_rotation(np.roll(np.array(minor), 2), shift, "minor") == (shift - 2) % 12
+        assert key_fit(np.roll(np.array(minor), 2), "minor") > key_fit(np.roll(np.array(minor), 2), "major")
 
 
 def test_the_first_window_is_rotated_to_fit_the_asked_key_and_a_steer_keeps_the_offset(gen: Generator,
