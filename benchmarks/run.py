@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion steps (default: each model's own, its config.dpd_steps: what users run)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for torch, onnxruntime and BLAS")
     p.add_argument("--key-candidates", type=int, default=None,
-                   help="the generator's key drafts (default: its own, 4); the labels get a -k<N> suffix")
+                   help="the generator's key drafts (default: its own, 2); the labels get a -k<N> suffix")
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the paper preset (random weights, torch fp32) on gen10s (default: on, "
                         "off with --quick)")

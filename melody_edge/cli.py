@@ -62,7 +62,7 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
 
 def _draft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-candidates", type=int, default=None,
-                   help="with a key asked: first-window LM drafts, the best fit to the key is kept (default 4; 1 = "
+                   help="with a key asked: first-window LM drafts, the best fit to the key is kept (default 2; 1 = "
                         "fastest)")
 
 
