@@ -668,8 +668,9 @@ class Generator:
                 beat = beat_features(len(kept_tok) + n_tok, state["pos"] - len(kept_tok), controls.bpm,
                                      c.controls.beat_harmonics, c.token_rate)
             fit = None
-            if rotate and not len(kept_tok) and controls.tonic is not None:  # drafts scored by their fit to the key
-                feats = self.backend.semantic_tokenizer.token_features()
+            tok = self.backend.semantic_tokenizer  # its token features give the tokens' chroma
+            if rotate and not len(kept_tok) and controls.tonic is not None and tok is not None:
+                feats = tok.token_features()  # drafts are scored by their fit to the key
                 fit = lambda t, f=feats: key_fit(f[t][:, :12].mean(axis=0), controls.mode)  # noqa: E731
             new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat, fit)
             if fit is not None:

@@ -350,6 +350,13 @@ def test_lm_keeps_the_draft_that_fits_best_and_drafts_are_reproducible(gen: Gene
     assert song.stats.passes["lm"] == 2 * w + c.chunk_tokens  # drafts of the first window only
 
 
+def test_a_model_without_a_semantic_tokenizer_rotates_to_the_asked_tonic_without_drafts(gen: Generator,
+                                                                                         monkeypatch) -> None:
+    monkeypatch.setattr(gen.backend, "semantic_tokenizer", None)  # e.g. random weights: no token features
+    audio = gen.generate("a piece", seconds=0.7, seed=0, key="D minor", steps=1, key_candidates=3)
+    assert audio.stats.passes["lm"] == 18 and audio.controls.key == "D minor"
+
+
 @pytest.mark.parametrize("bad", [0, 17, 2.5, True, "4"])
 def test_key_candidates_are_checked(gen: Generator, bad) -> None:
     with pytest.raises(InvalidInputError, match="key_candidates"):
