@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -235,18 +236,24 @@ class Run:
             dist.destroy_process_group()
 
 
+SAMPLING_DEFAULTS = ("guidance", "lm_guidance", "dpd_steps", "temperature")  # ModelConfig fields
+
+
 def ship_part(out: Path, cfg: ModelConfig, part: str, module_state: dict[str, torch.Tensor],
               info: dict[str, Any]) -> None:
     """Write ``part``'s weights into the checkpoint folder ``out`` (``MeLoDy.save``), keeping the other parts.
 
-    Loads ``out/model.safetensors`` if present (else starts from a fresh ``MeLoDy(cfg)``), replaces the weights of
+    Loads ``out/model.safetensors`` if present (else starts from a fresh ``MeLoDy(cfg)``; its networks must be
+    ``cfg``'s, its ``SAMPLING_DEFAULTS`` may differ and are kept), replaces the weights of
     ``part`` (``lm``, ``dpd`` or ``vae``) and records ``info`` under ``training.<part>`` in ``config.json``.
     """
     out = Path(out)
     training: dict[str, Any] = {}
     if (out / "model.safetensors").is_file():
         model = MeLoDy.load(out, strict=False)
-        if model.cfg != cfg:
+        # the folder's sampling defaults (a shipped model's distilled steps, its temperature) are kept: they are
+        # settings of the model, not of the networks trained here
+        if dataclasses.replace(model.cfg, **{k: getattr(cfg, k) for k in SAMPLING_DEFAULTS}) != cfg:
             raise ConfigError(f"{out} holds a '{model.cfg.name}' model whose config differs from preset "
                               f"'{cfg.name}'; use another --out")
         training = json.loads((out / "config.json").read_text()).get("training", {})

@@ -135,3 +135,26 @@ def test_vae_gan_phase_runs(tmp_path):
     assert "gan" not in lines[0] and all(k in lines[-1] for k in ("gan", "fm", "disc", "stft", "kl"))
     assert all(np.isfinite(v) for r in lines for v in r.values())
     MeLoDy.load(out, strict=False)
+
+
+def test_ship_part_keeps_the_folders_sampling_defaults(tmp_path):
+    """A part trained into a shipped model's folder keeps that model's sampling defaults (a distilled student's
+    steps, its temperature); networks of another shape are refused."""
+    import dataclasses
+
+    from melody_edge.errors import ConfigError
+    from training.common import ship_part
+
+    cfg = get_config("debug")
+    shipped = dataclasses.replace(cfg, dpd_steps=4, temperature=0.8)
+    torch.manual_seed(0)
+    MeLoDy(shipped).save(tmp_path, parts=("lm", "dpd", "vae"))
+    lm = MeLoDy(cfg).lm.state_dict()
+    ship_part(tmp_path, cfg, "lm", lm, {"steps": 3})
+    loaded = MeLoDy.load(tmp_path)
+    assert (loaded.cfg.dpd_steps, loaded.cfg.temperature) == (4, 0.8)
+    assert all(torch.equal(loaded.lm.state_dict()[k], v) for k, v in lm.items())
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["lm"]["steps"] == 3
+    other = dataclasses.replace(cfg, window_tokens=cfg.window_tokens * 2)
+    with pytest.raises(ConfigError, match="config differs"):
+        ship_part(tmp_path, other, "lm", lm, {"steps": 3})
