@@ -113,6 +113,9 @@ DPD_CONTEXT_CHUNKS = 1
 # best (``Generator._lm``, ``controls.key_fit``), DRAFT_WORKERS drafts at once
 KEY_CANDIDATES = 2  # 4 measured +5 points key, -6 instrument, at a second wave of drafts on 2 cores
 MAX_KEY_CANDIDATES = 16
+# With an instrument asked too (and a tokenizer with a family head), a draft's score adds FAMILY_WEIGHT times the
+# head's log-probability of that family (``SemanticTokenizer.family_logprobs``) to its key fit (``_draft_score``)
+FAMILY_WEIGHT = 0.05
 DRAFT_WORKERS = max(1, os.cpu_count() or 1)
 PROMPT_MEMORY_BUDGET = 1 << 30  # bytes continue_audio may use for its audio prompt (~23 min at 24 kHz)
 
@@ -294,7 +297,9 @@ class Generator:
                 semantic token sampling filters; schedule: 'paper'|'uniform'.
             key_candidates: with a key asked (and a transposing model), the LM writes the first window this many
                 times (on parallel threads) and keeps the draft that fits the key best (``controls.key_fit``),
-                which is then transposed to the key (default ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
+                which is then transposed to the key; with an instrument asked too, or alone, and a tokenizer with a
+                family head, the draft's family log-probability counts as well (``_draft_score``) (default
+                ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -667,13 +672,11 @@ class Generator:
             if c.controls.enabled:
                 beat = beat_features(len(kept_tok) + n_tok, state["pos"] - len(kept_tok), controls.bpm,
                                      c.controls.beat_harmonics, c.token_rate)
-            fit = None
             tok = self.backend.semantic_tokenizer  # its token features give the tokens' chroma
-            if rotate and not len(kept_tok) and controls.tonic is not None and tok is not None:
-                feats = tok.token_features()  # drafts are scored by their fit to the key
-                fit = lambda t, f=feats: key_fit(f[t][:, :12].mean(axis=0), controls.mode)  # noqa: E731
+            in_key = rotate and not len(kept_tok) and controls.tonic is not None and tok is not None
+            fit = _draft_score(tok, controls, in_key) if not len(kept_tok) and tok is not None else None
             new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat, fit)
-            if fit is not None:
+            if in_key:
                 # the first window of a song in an asked key: rotate the LM's tokens so that their pitch content
                 # fits that key. The LM writes "in C" only as nearly as it learned to (its own tokens' chroma most
                 # often read a fifth above, or the relative minor); measured on the shipped model, 2 seeds x 75
@@ -709,6 +712,25 @@ class Generator:
             seg_tokens = advance
             yield _with_stats(Audio(audio, c.sample_rate), stats, controls)
             stats = GenerationStats()
+
+
+def _draft_score(tok, controls: Controls, key: bool) -> Callable[[np.ndarray], float] | None:
+    """How well a draft of a song's first window (tokens) does what was asked, higher = better: with ``key``, its
+    fit to the asked mode (``controls.key_fit`` of the tokens' mean chroma); with an instrument asked and a family
+    head in the tokenizer, plus ``FAMILY_WEIGHT`` times the head's log-probability of that family. None when
+    neither applies (then the LM writes one draft)."""
+    family = controls.instrument if controls.instrument is not None and tok.family_head is not None else None
+    if not key and family is None:
+        return None
+    feats = tok.token_features() if key else None
+
+    def score(tokens: np.ndarray) -> float:
+        total = key_fit(feats[tokens][:, :12].mean(axis=0), controls.mode) if key else 0.0
+        if family is not None:
+            total += FAMILY_WEIGHT * tok.family_logprobs(tokens).get(family, 0.0)
+        return total
+
+    return score
 
 
 class Stream:

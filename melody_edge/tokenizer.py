@@ -207,6 +207,8 @@ class SemanticTokenizer:
         centroids: (K, D) k-means centroids in the scaled feature space (of chroma-rotated frames when
             ``rotations`` is 12); the vocabulary size is ``K * rotations``.
         rotations: 1 (plain k-means) or 12 (transposition-equivariant tokens, see the module docstring).
+        family_head: optional (weights (K, F), bias (F,), F family names): an instrument-family classifier over
+            the histogram of base codes (``family_logprobs``), fitted by ``training.family_head``.
 
     Raises:
         ConfigError: the arrays do not fit together or hold NaN/inf.
@@ -220,6 +222,7 @@ class SemanticTokenizer:
         group_weights: np.ndarray,
         centroids: np.ndarray,
         rotations: int = 1,
+        family_head: tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None = None,
     ) -> None:
         if rotations not in (1, N_CHROMA):
             raise ConfigError(f"rotations must be 1 or {N_CHROMA}, got {rotations!r}")
@@ -245,6 +248,16 @@ class SemanticTokenizer:
         if self.rotations > 1 and not (np.ptp(mean[:N_CHROMA]) < 1e-5 and np.ptp(std[:N_CHROMA]) < 1e-5 * std[0]):
             raise ConfigError("a rotating tokenizer needs the same mean/std for all 12 chroma dimensions")
         self._centroid_sq = np.einsum("kd,kd->k", centroids, centroids)
+        self.family_head = None
+        if family_head is not None:
+            w, b, names = family_head
+            w, b, names = np.asarray(w, np.float32), np.asarray(b, np.float32), tuple(str(n) for n in names)
+            if w.shape != (centroids.shape[0], len(names)) or b.shape != (len(names),) or not names:
+                raise ConfigError(f"family head weights/bias have shapes {w.shape}/{b.shape}, expected "
+                                  f"({centroids.shape[0]}, F)/(F,) for F = {len(names)} family names")
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise ConfigError("family head weights/bias must be finite")
+            self.family_head = (w, b, names)
 
     @classmethod
     def random(cls, vocab_size: int, seed: int = 0, sample_rate: int = 24_000, hop: int = 960,
@@ -291,6 +304,19 @@ class SemanticTokenizer:
         for r in range(N_CHROMA):
             out[:, r, :N_CHROMA] = np.roll(self.centroids[:, :N_CHROMA], r, axis=1)
         return out.reshape(-1, FEATURE_DIM)
+
+    def family_logprobs(self, tokens: np.ndarray) -> dict[str, float] | None:
+        """Log-probability of each instrument family that the music of ``tokens`` sounds like, by the tokenizer's
+        family head (a multinomial logistic regression on the histogram of base codes, fitted on the tokens of
+        real renders: ``training.family_head``); None for a tokenizer without one or no tokens."""
+        tokens = np.asarray(tokens, dtype=np.int64).ravel()
+        if self.family_head is None or not tokens.size:
+            return None
+        w, b, names = self.family_head
+        hist = np.bincount(tokens // self.rotations, minlength=w.shape[0])[: w.shape[0]] / tokens.size
+        logits = hist.astype(np.float64) @ w + b
+        logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        return dict(zip(names, logp.tolist(), strict=True))
 
     def canonical(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw features (N, D) -> (features with each frame's chroma rotated so its maximum comes first, that
@@ -382,6 +408,9 @@ class SemanticTokenizer:
                     group_weights=self.group_weights,
                     centroids=self.centroids,
                     rotations=np.array(self.rotations),
+                    **({} if self.family_head is None else {
+                        "family_weights": self.family_head[0], "family_bias": self.family_head[1],
+                        "family_names": np.array(self.family_head[2])}),
                 )
             os.replace(tmp, path)
         except OSError as e:
@@ -431,7 +460,11 @@ class SemanticTokenizer:
             n_fft_short=int(data["n_fft_short"]),
         )
         rotations = int(data["rotations"]) if version >= 2 else 1
-        tokenizer = cls(extractor, data["mean"], data["std"], data["group_weights"], data["centroids"], rotations)
+        head = None
+        if "family_weights" in data:  # optional (training.family_head)
+            head = (data["family_weights"], data["family_bias"], tuple(str(n) for n in data["family_names"]))
+        tokenizer = cls(extractor, data["mean"], data["std"], data["group_weights"], data["centroids"], rotations,
+                        head)
         if tokenizer.vocab_size != int(data["vocab_size"]):
             raise ValueError(f"vocab_size is {int(data['vocab_size'])} but there are {tokenizer.vocab_size} centroids")
         return tokenizer

@@ -384,3 +384,31 @@ def test_cli_takes_the_controls(tmp_path, capsys) -> None:
                  str(tmp_path / "y.wav")]) == 2
     assert "tonic A-G" in capsys.readouterr().err
     assert not (tmp_path / "y.wav").exists()
+
+
+def test_drafts_are_scored_by_the_family_head_when_an_instrument_is_asked(gen: Generator, monkeypatch) -> None:
+    import dataclasses
+
+    from melody_edge import generator as G
+    from melody_edge.controls import FAMILIES
+
+    tok = gen.backend.semantic_tokenizer
+    k = tok.centroids.shape[0]
+    w = np.zeros((k, len(FAMILIES)), np.float32)
+    w[: k // 2, FAMILIES.index("brass")] = 40.0  # the lower half of the base codes sounds like brass
+    from melody_edge.tokenizer import SemanticTokenizer
+
+    head = SemanticTokenizer(tok.extractor, tok.mean, tok.std, tok.group_weights, tok.centroids, tok.rotations,
+                               (w, np.zeros(len(FAMILIES)), FAMILIES))
+    brass = np.arange(0, k // 2) * tok.rotations
+    other = np.arange(k // 2, k) * tok.rotations
+    ctl = gen.controls("a piece for brass")
+    score = G._draft_score(head, ctl, key=False)
+    assert score(brass) > score(other)
+    assert G._draft_score(tok, ctl, key=False) is None  # no head: no drafts for the instrument alone
+    keyed = dataclasses.replace(ctl, tonic=2, mode="minor")
+    assert G._draft_score(head, keyed, key=True)(brass) - G._draft_score(tok, keyed, key=True)(brass) == \
+        pytest.approx(G.FAMILY_WEIGHT * head.family_logprobs(brass)["brass"])
+    monkeypatch.setattr(gen.backend, "semantic_tokenizer", head)
+    drafted = gen.generate("a piece for brass", seconds=0.7, seed=0, steps=1, key_candidates=3)
+    assert drafted.stats.passes["lm"] == 3 * 18 and drafted.controls.instrument == "brass"

@@ -249,3 +249,31 @@ def test_token_cache_is_redone_for_another_tokenizer(tokenizer: SemanticTokenize
     with np.load(data_root / "tokens_train.npz") as z:
         assert str(z[FINGERPRINT_KEY]) == tokenizer_fingerprint(SemanticTokenizer.load(out / "tokenizer.npz"))
     assert not np.array_equal(first, again)
+
+
+def test_family_head_round_trips_scores_histograms_and_is_checked(tokenizer: SemanticTokenizer,
+                                                                  tmp_path: Path) -> None:
+    from melody_edge.controls import FAMILIES
+
+    k = tokenizer.centroids.shape[0]
+    w = np.zeros((k, len(FAMILIES)), np.float32)
+    w[0, FAMILIES.index("organ")] = 5.0  # base code 0 means organ
+    head = SemanticTokenizer(tokenizer.extractor, tokenizer.mean, tokenizer.std, tokenizer.group_weights,
+                             tokenizer.centroids, tokenizer.rotations, (w, np.zeros(len(FAMILIES)), FAMILIES))
+    assert tokenizer.family_logprobs(np.array([0, 1])) is None  # no head
+    path = tmp_path / "head.npz"
+    head.save(path)
+    loaded = SemanticTokenizer.load(path)
+    lp = loaded.family_logprobs(np.array([0, 0, 1, 0]) * tokenizer.rotations)
+    assert set(lp) == set(FAMILIES) and math.isclose(sum(math.exp(v) for v in lp.values()), 1.0, rel_tol=1e-9)
+    assert max(lp, key=lp.get) == "organ"
+    assert max(lp.values()) > loaded.family_logprobs(np.array([1, 1]) * tokenizer.rotations)["organ"]
+    assert loaded.family_logprobs(np.zeros(0, np.int64)) is None
+    np.testing.assert_array_equal(loaded.encode(CLIPS["c_major"]), tokenizer.encode(CLIPS["c_major"]))
+    with np.load(path) as z:
+        arrays = {n: z[n] for n in z.files}
+    for name, bad in (("shapes", {"family_weights": w[:-1]}), ("finite", {"family_bias": np.full(9, np.nan)}),
+                      ("shapes", {"family_names": np.array(FAMILIES[:3])})):
+        np.savez(tmp_path / "bad.npz", **{**arrays, **bad})
+        with pytest.raises(BundleError, match=name):
+            SemanticTokenizer.load(tmp_path / "bad.npz")
