@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from melody_edge.controls import FAMILIES
 from melody_edge.tokenizer import SemanticTokenizer
 from training.captions import family_of
 from training.data import load_split
-from training.tokenizer import tokenize_dataset
+from training.tokenizer import tokenize_dataset, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +85,38 @@ def accuracy(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> floa
     return float(((x @ w + b).argmax(axis=1) == y).mean()) if len(y) else float("nan")
 
 
+def put_in_bundle(tokenizer: Path, bundle: Path) -> None:
+    """Replace the semantic tokenizer of an exported bundle by ``tokenizer`` (same codebook: its graphs stay
+    valid) and record the new file's sha256 and size in the manifest (written atomically)."""
+    from melody_edge.bundle import read_manifest, sha256
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    entry = manifest["files"]["semantic_tokenizer"]
+    old = SemanticTokenizer.load(bundle / entry["path"])
+    new = SemanticTokenizer.load(tokenizer)
+    if tokenizer_fingerprint(old) != tokenizer_fingerprint(new):
+        raise SystemExit(f"{tokenizer} makes other tokens than the tokenizer of {bundle}")
+    dst = bundle / entry["path"]
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(tokenizer, tmp)
+    os.replace(tmp, dst)
+    entry.update(sha256=sha256(dst), bytes=dst.stat().st_size)
+    tmp = bundle / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, bundle / "manifest.json")
+    log.info("put %s into %s", tokenizer, bundle)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", type=Path, required=True, help="semantic tokenizer (.npz) to add the head to")
     p.add_argument("--data", type=Path, required=True, help="dataset root (train/test .jsonl, tokens_<split>.npz)")
     p.add_argument("--out", type=Path, required=True, help="the tokenizer with its family head (.npz)")
     p.add_argument("--report", type=Path, default=None, help="write the accuracies here (.json)")
+    p.add_argument("--bundle", type=Path, action="append", default=[],
+                   help="also put the new tokenizer into this exported bundle (its manifest's hash updated); "
+                        "repeatable")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tok = SemanticTokenizer.load(args.tokenizer)
@@ -105,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report[f"{split}_accuracy"] = round(accuracy(w, b, xs, ys), 4)
     SemanticTokenizer(tok.extractor, tok.mean, tok.std, tok.group_weights, tok.centroids, tok.rotations,
                       (w, b, FAMILIES)).save(args.out)
+    for bundle in args.bundle:
+        put_in_bundle(args.out, bundle)
     print(json.dumps(report, indent=1))
     if args.report:
         args.report.write_text(json.dumps(report, indent=1) + "\n")
