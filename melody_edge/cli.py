@@ -62,8 +62,8 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
 
 def _draft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-candidates", type=int, default=None,
-                   help="with a key asked: first-window LM drafts, the best fit to the key is kept (default 2; 1 = "
-                        "fastest)")
+                   help="with a key (or, where the model has a family head, an instrument) asked: first-window LM "
+                        "drafts, the best fit is kept (default 2; 1 = fastest)")
 
 
 class _Bar:
