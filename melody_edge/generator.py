@@ -719,7 +719,7 @@ def _draft_score(tok, controls: Controls, key: bool) -> Callable[[np.ndarray], f
     fit to the asked mode (``controls.key_fit`` of the tokens' mean chroma); with an instrument asked and a family
     head in the tokenizer, plus ``FAMILY_WEIGHT`` times the head's log-probability of that family. None when
     neither applies (then the LM writes one draft)."""
-    family = controls.instrument if controls.instrument is not None and tok.family_head is not None else None
+    family = controls.instrument if getattr(tok, "family_head", None) is not None else None
     if not key and family is None:
         return None
     feats = tok.token_features() if key else None
