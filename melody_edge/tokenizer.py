@@ -305,6 +305,14 @@ class SemanticTokenizer:
             out[:, r, :N_CHROMA] = np.roll(self.centroids[:, :N_CHROMA], r, axis=1)
         return out.reshape(-1, FEATURE_DIM)
 
+    def base_histogram(self, tokens: np.ndarray) -> np.ndarray:
+        """(K,) float64 share of each base code (token // ``rotations``) among ``tokens``; zeros for no tokens."""
+        tokens = np.asarray(tokens, dtype=np.int64).ravel()
+        k = self.centroids.shape[0]
+        if not tokens.size:
+            return np.zeros(k)
+        return np.bincount(tokens // self.rotations, minlength=k)[:k] / tokens.size
+
     def family_logprobs(self, tokens: np.ndarray) -> dict[str, float] | None:
         """Log-probability of each instrument family that the music of ``tokens`` sounds like, by the tokenizer's
         family head (a multinomial logistic regression on the histogram of base codes, fitted on the tokens of
@@ -313,8 +321,7 @@ class SemanticTokenizer:
         if self.family_head is None or not tokens.size:
             return None
         w, b, names = self.family_head
-        hist = np.bincount(tokens // self.rotations, minlength=w.shape[0])[: w.shape[0]] / tokens.size
-        logits = hist.astype(np.float64) @ w + b
+        logits = self.base_histogram(tokens) @ w + b
         logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
         return dict(zip(names, logp.tolist(), strict=True))
 

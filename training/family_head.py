@@ -41,14 +41,8 @@ C_REG = 1.0  # inverse L2 strength
 
 
 def histograms(tokenizer: SemanticTokenizer, tokens: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, K) normalised base-code histograms of token sequences."""
-    k = tokenizer.centroids.shape[0]
-    out = np.zeros((len(tokens), k), np.float64)
-    for i, t in enumerate(tokens):
-        t = np.asarray(t, np.int64)
-        if t.size:
-            out[i] = np.bincount(t // tokenizer.rotations, minlength=k)[:k] / t.size
-    return out
+    """(N, K) normalised base-code histograms of token sequences (``SemanticTokenizer.base_histogram``)."""
+    return np.stack([tokenizer.base_histogram(t) for t in tokens])
 
 
 def labelled(tokenizer: SemanticTokenizer, data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
