@@ -95,7 +95,8 @@ def input_shapes(cfg: ModelConfig) -> dict[str, dict[str, list[int | Flex]]]:
         "text_encoder": text,
         "lm_prefill": prefill,
         "lm_step": step,
-        "dpd": {"z": [B, L, C], "angles": [B, L], "tokens": [B, N]},
+        "dpd": {"z": [B, L, C], "angles": [B, L], "tokens": [B, N],
+                **({"controls": [B, 2]} if cfg.dpd.controlled else {})},
         "vae_decoder": {"z": [B, L, C]},
         "vae_encoder": {"audio": [B, ("T", 1, cfg.window_frames * cfg.vae.hop)]},
     }

@@ -81,6 +81,7 @@ from melody_edge.models.lm import SemanticLM
 from melody_edge.models.melody import MeLoDy
 from melody_edge.tokenizer import rotate_tokens
 from training.common import Run, load_rows, load_tokens, unwrap
+from training.train_dpd import dpd_control_ids, drop_controls
 
 log = logging.getLogger("conversion.distill")
 
@@ -240,12 +241,15 @@ def plan_rounds(teacher_steps: int, steps: int) -> list[tuple[int, int]]:
     return rounds
 
 
-def guided_v(net: DPD, z: torch.Tensor, angles: torch.Tensor, tokens: torch.Tensor, guidance: float) -> torch.Tensor:
-    """The DPD's v with classifier-free guidance folded in (``Generator._dpd``: uncond + g (cond - uncond))."""
+def guided_v(net: DPD, z: torch.Tensor, angles: torch.Tensor, tokens: torch.Tensor, guidance: float,
+             controls: torch.Tensor | None = None) -> torch.Tensor:
+    """The DPD's v with classifier-free guidance folded in (``Generator._dpd``: uncond + g (cond - uncond)); the
+    unconditional row has neither tokens nor controls (family, key)."""
     if guidance == 1.0:
-        return net(z, angles, tokens)
+        return net(z, angles, tokens, controls)
     null = torch.full_like(tokens, net.null_token)
-    both = net(torch.cat([z, z]), torch.cat([angles, angles]), torch.cat([tokens, null]))
+    ctl = None if controls is None else torch.cat([controls, net.no_controls(len(controls), controls.device)])
+    both = net(torch.cat([z, z]), torch.cat([angles, angles]), torch.cat([tokens, null]), ctl)
     cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)
 
@@ -257,26 +261,28 @@ def _ddim(z: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def progressive_target(teacher: DPD, z_t: torch.Tensor, x: torch.Tensor, fixed: torch.Tensor, d_t: torch.Tensor,
-                       d_m: torch.Tensor, d_s: torch.Tensor, tokens: torch.Tensor, guidance: float) -> torch.Tensor:
+                       d_m: torch.Tensor, d_s: torch.Tensor, tokens: torch.Tensor, guidance: float,
+                       controls: torch.Tensor | None = None) -> torch.Tensor:
     """The v that takes ``z_t`` (angle ``d_t`` (B,) on the noised frames) in one DDIM step to where the teacher's two
     steps ``d_t -> d_m -> d_s`` take it; fixed frames (B, L) stay at angle 0 and at ``x``."""
     keep = fixed[..., None]
     at = lambda d: torch.where(fixed, torch.zeros_like(d)[:, None], d[:, None].expand_as(fixed))  # noqa: E731
-    z_m = torch.where(keep, x, _ddim(z_t, guided_v(teacher, z_t, at(d_t), tokens, guidance), d_t - d_m))
-    z_s = torch.where(keep, x, _ddim(z_m, guided_v(teacher, z_m, at(d_m), tokens, guidance), d_m - d_s))
+    z_m = torch.where(keep, x, _ddim(z_t, guided_v(teacher, z_t, at(d_t), tokens, guidance, controls), d_t - d_m))
+    z_s = torch.where(keep, x, _ddim(z_m, guided_v(teacher, z_m, at(d_m), tokens, guidance, controls), d_m - d_s))
     w = (d_t - d_s)[:, None, None]
     return (torch.cos(w) * z_t - z_s) / torch.sin(w)
 
 
 def consistency_target(teacher: DPD, student: DPD, z_t: torch.Tensor, x: torch.Tensor, fixed: torch.Tensor,
-                       d_t: torch.Tensor, d_s: torch.Tensor, tokens: torch.Tensor, guidance: float) -> torch.Tensor:
+                       d_t: torch.Tensor, d_s: torch.Tensor, tokens: torch.Tensor, guidance: float,
+                       controls: torch.Tensor | None = None) -> torch.Tensor:
     """Consistency distillation in v form: one teacher DDIM step ``d_t -> d_s``, then the student's own (no-grad)
     clean-latent estimate there, ``x* = cos(d_s) z_s - sin(d_s) v(z_s)`` (``z_s`` itself at ``d_s = 0``); the target
     is the v whose clean estimate at ``z_t`` is ``x*``: ``(cos(d_t) z_t - x*) / sin(d_t)``."""
     keep = fixed[..., None]
     at = lambda d: torch.where(fixed, torch.zeros_like(d)[:, None], d[:, None].expand_as(fixed))  # noqa: E731
-    z_s = torch.where(keep, x, _ddim(z_t, guided_v(teacher, z_t, at(d_t), tokens, guidance), d_t - d_s))
-    v_s = student(z_s, at(d_s), tokens)
+    z_s = torch.where(keep, x, _ddim(z_t, guided_v(teacher, z_t, at(d_t), tokens, guidance, controls), d_t - d_s))
+    v_s = student(z_s, at(d_s), tokens, controls)
     c, s = torch.cos(d_s)[:, None, None], torch.sin(d_s)[:, None, None]
     x_star = c * z_s - s * v_s
     ct, st = torch.cos(d_t)[:, None, None], torch.sin(d_t)[:, None, None]
@@ -285,14 +291,14 @@ def consistency_target(teacher: DPD, student: DPD, z_t: torch.Tensor, x: torch.T
 
 @torch.no_grad()
 def sample_latents(net: DPD, tokens: torch.Tensor, noise: torch.Tensor, steps: int, schedule: str,
-                   guidance: float) -> torch.Tensor:
+                   guidance: float, controls: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM from ``noise`` (B, L, C) at pi/2 to 0 in ``steps`` steps (the ``melody_edge.sampling.sample`` loop, in
     torch): the held-out check of a round."""
     grid = torch.from_numpy(schedule_angle(schedule, steps, np.arange(steps + 1))).float()
     z = noise
     for i in range(steps):
         ang = torch.full(z.shape[:2], float(grid[i]))
-        z = _ddim(z, guided_v(net, z, ang, tokens, guidance), (grid[i] - grid[i + 1]).repeat(z.shape[0]))
+        z = _ddim(z, guided_v(net, z, ang, tokens, guidance, controls), (grid[i] - grid[i + 1]).repeat(z.shape[0]))
     return z
 
 
@@ -326,6 +332,7 @@ def distill_dpd(args: argparse.Namespace) -> Path:
         raise ConfigError(f"no training clips in {args.data}/train.jsonl")
     W = cfg.window_tokens
     tok_all = load_tokens(args.data, out, "train", rows, W, cfg.dpd.sem_vocab)
+    ctl_all = dpd_control_ids(rows, cfg) if cfg.dpd.controlled else None
     valid_rows = load_rows(args.data, "valid")[: args.eval_clips]
     valid_tok = (torch.from_numpy(load_tokens(args.data, out, "valid", valid_rows, W, cfg.dpd.sem_vocab))
                  if valid_rows else None)
@@ -340,9 +347,10 @@ def distill_dpd(args: argparse.Namespace) -> Path:
         student = copy.deepcopy(teacher).train().requires_grad_(True)
         ema = copy.deepcopy(teacher).requires_grad_(False)
         opt = torch.optim.AdamW(student.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-        valid = _valid_check(teacher, valid_tok, t_steps, s_steps, args, cfg, guidance, run)
+        valid = _valid_check(teacher, valid_tok, t_steps, s_steps, args, cfg, guidance, run,
+                             torch.from_numpy(dpd_control_ids(valid_rows, cfg)) if cfg.dpd.controlled else None)
 
-        step = _round_step(args, run, cfg, z_all, tok_all, teacher, student, ema, opt, s_steps, guidance)
+        step = _round_step(args, run, cfg, z_all, tok_all, teacher, student, ema, opt, s_steps, guidance, ctl_all)
         evaluate = (lambda ema=ema, valid=valid: valid(ema)) if valid is not None else None
         run.train(step, {"student": student, "ema": ema}, {"opt": opt}, evaluate)
         rec = {"teacher_steps": t_steps, "student_steps": s_steps, "train_steps": args.round_steps,
@@ -372,10 +380,10 @@ def distill_dpd(args: argparse.Namespace) -> Path:
 
 
 def window_batch(rng: np.random.Generator, z_all: np.ndarray, tok_all: np.ndarray, cfg: ModelConfig, batch: int,
-                 crop_p: float, prefix_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training windows as ``training.train_dpd`` draws them: clean latents (B, L, C), their tokens (B, N) and the
+                 crop_p: float, prefix_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """Training windows as ``training.train_dpd`` draws them: clean latents (B, L, C), their tokens (B, N), the
     frames given at angle 0 (B, L) (with probability ``prefix_p`` 1 .. n-1 clean leading chunks: the continuation
-    case of Algorithm 2); with probability ``crop_p`` a crop of 1 .. n_chunks - 1 chunks."""
+    case of Algorithm 2) and the clips drawn (B,); with probability ``crop_p`` a crop of 1 .. n_chunks - 1 chunks."""
     fpt, M, chunk_tok, W = cfg.frames_per_token, cfg.n_chunks, cfg.chunk_tokens, cfg.window_tokens
     n_chunks = int(rng.integers(1, M)) if M > 1 and rng.random() < crop_p else M
     n_tok = n_chunks * chunk_tok
@@ -388,13 +396,15 @@ def window_batch(rng: np.random.Generator, z_all: np.ndarray, tok_all: np.ndarra
         clean = rng.integers(1, n_chunks, batch) * (rng.random(batch) < prefix_p)
         fixed_chunks = np.arange(n_chunks)[None, :] < clean[:, None]
     fixed = np.repeat(fixed_chunks, chunk_tok * fpt, axis=1)
-    return torch.from_numpy(x), torch.from_numpy(tokens), torch.from_numpy(fixed)
+    return torch.from_numpy(x), torch.from_numpy(tokens), torch.from_numpy(fixed), idx
 
 
 def _round_step(args: argparse.Namespace, run: Run, cfg: ModelConfig, z_all: np.ndarray, tok_all: np.ndarray,
-                teacher: DPD, student: DPD, ema: DPD, opt: torch.optim.Optimizer, s_steps: int, guidance: float
-                ) -> Callable[[], dict[str, float]]:
-    """One optimizer step of a distillation round (``args.method``), for ``Run.train``."""
+                teacher: DPD, student: DPD, ema: DPD, opt: torch.optim.Optimizer, s_steps: int, guidance: float,
+                ctl_all: np.ndarray | None = None) -> Callable[[], dict[str, float]]:
+    """One optimizer step of a distillation round (``args.method``), for ``Run.train``. With ``ctl_all`` (each
+    clip's DPD controls, (N, 2)) teacher and student see the window's family and key, each dropped to "none" with the
+    controls' probability as in ``training.train_dpd``."""
     dev = run.device
 
     def angles_of(u: np.ndarray, steps: int) -> torch.Tensor:
@@ -402,7 +412,11 @@ def _round_step(args: argparse.Namespace, run: Run, cfg: ModelConfig, z_all: np.
 
     def step() -> dict[str, float]:
         B, rng = args.batch, run.rng
-        x, tokens, fixed = (t.to(dev) for t in window_batch(rng, z_all, tok_all, cfg, B, args.crop_p, args.prefix_p))
+        x, tokens, fixed, idx = window_batch(rng, z_all, tok_all, cfg, B, args.crop_p, args.prefix_p)
+        x, tokens, fixed = x.to(dev), tokens.to(dev), fixed.to(dev)
+        controls = None
+        if ctl_all is not None:
+            controls = torch.from_numpy(drop_controls(rng, ctl_all[idx], cfg, np.zeros(B, bool))).to(dev)
         if args.method == "progressive":  # half on the integer grid, half between its points
             u = np.where(rng.random(B) < args.grid_p, rng.integers(0, s_steps, B), rng.uniform(0.0, s_steps - 1, B))
             d_t, d_m, d_s = angles_of(u, s_steps), angles_of(u + 0.5, s_steps), angles_of(u + 1.0, s_steps)
@@ -414,10 +428,10 @@ def _round_step(args: argparse.Namespace, run: Run, cfg: ModelConfig, z_all: np.
         z_t = torch.cos(angles)[..., None] * x + torch.sin(angles)[..., None] * eps
         with torch.no_grad():
             if args.method == "progressive":
-                target = progressive_target(teacher, z_t, x, fixed, d_t, d_m, d_s, tokens, guidance)
+                target = progressive_target(teacher, z_t, x, fixed, d_t, d_m, d_s, tokens, guidance, controls)
             else:
-                target = consistency_target(teacher, student, z_t, x, fixed, d_t, d_s, tokens, guidance)
-        v_hat = student(z_t, angles, tokens)
+                target = consistency_target(teacher, student, z_t, x, fixed, d_t, d_s, tokens, guidance, controls)
+        v_hat = student(z_t, angles, tokens, controls)
         noised = (~fixed).float()[..., None]  # given frames are not in the loss
         loss = ((v_hat - target).square() * noised).sum() / (noised.sum() * x.shape[-1]).clamp(min=1)
         opt.zero_grad(set_to_none=True)
@@ -431,8 +445,8 @@ def _round_step(args: argparse.Namespace, run: Run, cfg: ModelConfig, z_all: np.
 
 
 def _valid_check(teacher: DPD, valid_tok: torch.Tensor | None, t_steps: int, s_steps: int,
-                 args: argparse.Namespace, cfg: ModelConfig, guidance: float, run: Run
-                 ) -> Callable[[DPD], dict[str, float]] | None:
+                 args: argparse.Namespace, cfg: ModelConfig, guidance: float, run: Run,
+                 valid_ctl: torch.Tensor | None = None) -> Callable[[DPD], dict[str, float]] | None:
     """A function student -> {valid_snr_db, valid_snr_db_teacher_at_student_steps}: latent SNR of the student at its
     steps against the teacher at its own, from the same noise and real valid tokens (the second figure is what the
     teacher itself reaches at the student's steps: the baseline distillation has to beat)."""
@@ -441,13 +455,14 @@ def _valid_check(teacher: DPD, valid_tok: torch.Tensor | None, t_steps: int, s_s
     g = torch.Generator().manual_seed(args.seed + 12_345)
     noise = torch.randn((len(valid_tok), cfg.window_frames, cfg.vae.latent_dim), generator=g).to(run.device)
     tokens = valid_tok.to(run.device)
-    ref = sample_latents(teacher, tokens, noise, t_steps, args.schedule, guidance)
-    base = snr_db(ref, sample_latents(teacher, tokens, noise, s_steps, args.schedule, guidance))
+    ctl = None if valid_ctl is None else valid_ctl.to(run.device)
+    ref = sample_latents(teacher, tokens, noise, t_steps, args.schedule, guidance, ctl)
+    base = snr_db(ref, sample_latents(teacher, tokens, noise, s_steps, args.schedule, guidance, ctl))
 
     def check(student: DPD) -> dict[str, float]:
         was = student.training
         student.eval()
-        got = snr_db(ref, sample_latents(student, tokens, noise, s_steps, args.schedule, 1.0))
+        got = snr_db(ref, sample_latents(student, tokens, noise, s_steps, args.schedule, 1.0, ctl))
         student.train(was)
         return {"valid_snr_db": got, "valid_snr_db_teacher_at_student_steps": base}
 

@@ -41,7 +41,9 @@ from conversion.common import (
 from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
 from conversion.parity import ParityError, report_parity, snr_db
 from conversion.providers import check_graphs
+from melody_edge.backends.base import dpd_controls, no_dpd_controls
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, lm_step_cache_inputs, sha256
+from melody_edge.controls import parse_controls
 from melody_edge.errors import ConfigError
 from melody_edge.models.melody import MeLoDy
 from melody_edge.text import TextTokenizer
@@ -68,7 +70,8 @@ def _dynamic_shapes(name: str, names: list[str]) -> dict[str, Any]:
         return {"token": {0: B}, "pos": {}, **({"beat": {0: B}} if controls else {}), "cache": ({0: B},) * n_cache}
     if name == "dpd":
         L = D("L", min=1, max=1 << 20)
-        return {"z": {0: B, 1: L}, "angles": {0: B, 1: L}, "tokens": {0: B, 1: D("N", min=1, max=1 << 20)}}
+        return {"z": {0: B, 1: L}, "angles": {0: B, 1: L}, "tokens": {0: B, 1: D("N", min=1, max=1 << 20)},
+                **({"controls": {0: B}} if "controls" in names else {})}
     if name == "vae_decoder":
         return {"z": {0: B, 1: D("L", min=1, max=1 << 20)}}
     return {"audio": {0: B, 1: D("T", min=1, max=1 << 28)}}
@@ -441,14 +444,16 @@ def e2e_parity(model: MeLoDy, be: Any, *, steps: int = 8, schedule: str = "paper
     c = model.cfg
     tokens = teacher_forced_tokens(model, PARITY_PROMPTS[0], round(seconds * c.token_rate))
     null = np.full_like(tokens, c.dpd.sem_vocab)
+    ctl = dpd_controls(parse_controls(PARITY_PROMPTS[0]), c)
     z0 = np.random.default_rng(0).standard_normal((1, len(tokens) * c.frames_per_token, c.vae.latent_dim),
                                                   dtype=np.float32)
     audio = []
     for backend in (TorchBackend(model, "cpu"), be):
         def denoise(z, angles, guidance, backend=backend):
             if guidance == 1.0:
-                return backend.dpd(z, angles, tokens[None])
-            v = backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]))
+                return backend.dpd(z, angles, tokens[None], ctl)
+            v = backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]),
+                            None if ctl is None else np.concatenate([ctl, no_dpd_controls(1, c)]))
             return v[1:] + guidance * (v[:1] - v[1:])
 
         z = sample(denoise, z0, get_schedule(schedule, steps), guidance=c.guidance)

@@ -117,6 +117,15 @@ class DPDDenoiser(nn.Module):
         return self.dpd(z, angles, tokens)
 
 
+class DPDControlDenoiser(DPDDenoiser):
+    """``DPDDenoiser`` of a DPD with a controls input: + controls (B, 2) int64 ``[family, key]`` (``n_families`` /
+    ``n_keys`` = none asked)."""
+
+    def forward(self, z: torch.Tensor, angles: torch.Tensor, tokens: torch.Tensor,  # type: ignore[override]
+                controls: torch.Tensor) -> torch.Tensor:
+        return self.dpd(z, angles, tokens, controls)
+
+
 def _kernels_in_graph(vae: nn.Module) -> nn.Module:
     """A copy of ``vae`` whose STFT/iSTFT compute their DFT kernels in the graph (``vae.dft_kernel``): an exported
     graph then stores no 14.8 MB table (tiny model), onnxruntime folds the kernel at session load. The model itself
@@ -203,7 +212,8 @@ def onnx_graphs(model: MeLoDy) -> dict[str, nn.Module]:
     ctl = model.cfg.controls.enabled
     return {"text_encoder": (TextControlPrefix if ctl else TextPrefix)(model).eval(),
             "lm_prefill": (LMPrefillBeat if ctl else LMPrefill)(model).eval(),
-            "lm_step": (LMStepBeat if ctl else LMStep)(model).eval(), "dpd": DPDDenoiser(model).eval(),
+            "lm_step": (LMStepBeat if ctl else LMStep)(model).eval(),
+            "dpd": (DPDControlDenoiser if model.cfg.dpd.controlled else DPDDenoiser)(model).eval(),
             "vae_decoder": VAEDecoder(model, kernel_in_graph=True).eval(),
             "vae_encoder": VAEEncoder(model, kernel_in_graph=True).eval()}
 
@@ -242,7 +252,10 @@ def example_inputs(model: MeLoDy, seed: int = 0) -> dict[str, dict[str, torch.Te
         "lm_prefill": prefill,
         "lm_step": step,
         "dpd": {"z": torch.randn(B, L, c.dpd.latent_dim, generator=g), "angles": torch.rand(B, L, generator=g) * 1.5,
-                "tokens": torch.randint(0, c.dpd.sem_vocab + 1, (B, -(-L // c.frames_per_token)), generator=g)},
+                "tokens": torch.randint(0, c.dpd.sem_vocab + 1, (B, -(-L // c.frames_per_token)), generator=g),
+                # one sample with a family and a key asked, one with neither
+                **({"controls": torch.tensor([[2, 14], [c.dpd.n_families, c.dpd.n_keys]])} if c.dpd.controlled
+                   else {})},
         "vae_decoder": {"z": torch.rand(B, L, c.vae.latent_dim, generator=g) * 2 - 1},
         "vae_encoder": {"audio": torch.randn(B, L * c.vae.hop + 17, generator=g) * 0.1},
     }

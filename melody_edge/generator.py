@@ -26,6 +26,7 @@ import numpy as np
 
 from melody_edge.audio import Audio
 from melody_edge.backends import BACKENDS, Backend
+from melody_edge.backends.base import dpd_controls, no_dpd_controls
 from melody_edge.controls import (
     Controls,
     beat_features,
@@ -468,7 +469,7 @@ class Generator:
             beat = beat_features(left + n, w0, ctl.bpm, c.controls.beat_harmonics, c.token_rate)
         new = self._lm(prefix, kept, n, settings, rng, stats, progress, beat)
         tokens[left:left + n] = rotate_tokens(new, tonic) if rotate else new
-        z = self._dpd(tokens, z[: left * fpt], n * fpt, settings, rng, stats, progress,
+        z = self._dpd(tokens, z[: left * fpt], n * fpt, settings, rng, stats, progress, ctl,
                       right_z=z[(left + n) * fpt:])
         t0 = time.perf_counter()
         lo = max(0, left * fpt - c.chunk_frames)  # the decoder sees one chunk of context on each side
@@ -593,13 +594,16 @@ class Generator:
         stats.seconds["lm"] += time.perf_counter() - t0
         return out
 
-    def _dpd(self, tokens, kept_z, n_new_frames, s: _Settings, rng, stats, progress,
+    def _dpd(self, tokens, kept_z, n_new_frames, s: _Settings, rng, stats, progress, controls: Controls,
              right_z: np.ndarray | None = None) -> np.ndarray:
         # phase 3: v-diffusion from pi/2 to 0 on the new frames; kept frames (before them, and right_z after them
-        # when inpainting) are given (angle 0, Algorithm 2)
+        # when inpainting) are given (angle 0, Algorithm 2). A DPD with a controls input hears the asked instrument
+        # family and key; its unconditional row (DPD guidance) has neither
         t0 = time.perf_counter()
         C = self.config.vae.latent_dim
         null = np.full_like(tokens, self.config.dpd.sem_vocab)
+        ctl = dpd_controls(controls, self.config)
+        ctl2 = None if ctl is None else np.concatenate([ctl, no_dpd_controls(1, self.config)])
         n_kept = len(kept_z)
         right_z = np.zeros((0, C), np.float32) if right_z is None else right_z
         z0 = np.concatenate([kept_z, rng.standard_normal((n_new_frames, C), dtype=np.float32), right_z])[None]
@@ -609,8 +613,9 @@ class Generator:
         def denoise(z, angles, guidance):
             stats.passes["dpd"] += 1
             if guidance == 1.0:
-                return self.backend.dpd(z, angles, tokens[None])
-            v = self.backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]))
+                return self.backend.dpd(z, angles, tokens[None], ctl)
+            v = self.backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]),
+                                 ctl2)
             return v[1:] + guidance * (v[:1] - v[1:])
 
         z = sample(denoise, z0, get_schedule(s.schedule, s.steps), fixed=fixed, z_fixed=z0, guidance=s.guidance,
@@ -694,7 +699,7 @@ class Generator:
             d_tok = min(len(kept_tok), DPD_CONTEXT_CHUNKS * c.chunk_tokens)
             d_z = d_tok * c.frames_per_token
             z_new = self._dpd((rotate_tokens(tokens, tonics) if rotate else tokens)[len(kept_tok) - d_tok:],
-                              kept_z[len(kept_z) - d_z:], n_frames, s, rng, stats, progress)
+                              kept_z[len(kept_z) - d_z:], n_frames, s, rng, stats, progress, controls)
             z = np.concatenate([kept_z[: len(kept_z) - d_z], z_new])
             ctx = min(len(kept_z), c.chunk_frames)
             tail = state["tail"]

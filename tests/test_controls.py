@@ -261,15 +261,48 @@ def test_results_carry_the_controls_they_used(gen: Generator) -> None:
 
 
 def test_the_asked_tonic_rotates_the_dpds_tokens(gen: Generator, monkeypatch) -> None:
-    seen = []
+    seen, heard = [], []
     real = gen.backend.dpd
-    monkeypatch.setattr(gen.backend, "dpd", lambda z, a, t: (seen.append(t[0].copy()), real(z, a, t))[1])
+
+    def dpd(z, a, t, c=None):
+        seen.append(t[0].copy())
+        heard.append(None if c is None else c.copy())
+        return real(z, a, t, c)
+
+    monkeypatch.setattr(gen.backend, "dpd", dpd)
     gen.generate("a piece", seconds=0.7, seed=3, key="C major", steps=1)
     in_c = seen[-1]
     gen.generate("a piece", seconds=0.7, seed=3, key="E major", steps=1)
     in_e = seen[-1]
     np.testing.assert_array_equal(in_e % 12, (in_c % 12 + 4) % 12)  # same music, four semitones up
     np.testing.assert_array_equal(in_e // 12, in_c // 12)
+
+
+def test_the_dpd_hears_the_asked_family_and_key(gen: Generator, monkeypatch) -> None:
+    cfg = gen.config.dpd
+    assert cfg.controlled
+    heard = []
+    real = gen.backend.dpd
+
+    def dpd(z, a, t, c=None):
+        heard.append(c.copy())
+        return real(z, a, t, c)
+
+    monkeypatch.setattr(gen.backend, "dpd", dpd)
+    none = [cfg.n_families, cfg.n_keys]
+    gen.generate("a piece for fiddle in A minor", seconds=0.7, seed=0, steps=1, guidance=2.0)
+    # the conditional row hears strings in A minor (key index 12 + 9), the unconditional row (DPD guidance) nothing
+    assert heard[-1].tolist() == [[FAMILIES.index("strings"), 21], none]
+    gen.generate("a piece", seconds=0.7, seed=0, steps=1, guidance=1.0, key="E-flat major")
+    assert heard[-1].tolist() == [[cfg.n_families, 3]]
+    gen.generate("a piece", seconds=0.7, seed=0, steps=1, guidance=1.0)
+    assert heard[-1].tolist() == [none]
+    v = [real(np.ones((1, 8, gen.config.vae.latent_dim), np.float32), np.full((1, 8), 0.7, np.float32),
+              np.zeros((1, 8), np.int64), np.array([c])) for c in ([0, 3], [0, 15], none)]
+    # the debug model's embeddings are random: the controls change the DPD's output, "none" is the default
+    assert np.abs(v[0] - v[1]).max() > 1e-5
+    np.testing.assert_array_equal(v[2], real(np.ones((1, 8, gen.config.vae.latent_dim), np.float32),
+                                             np.full((1, 8), 0.7, np.float32), np.zeros((1, 8), np.int64)))
 
 
 @pytest.mark.parametrize("shift", range(12))

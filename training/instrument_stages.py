@@ -20,6 +20,7 @@ import numpy as np
 
 from melody_edge import Generator
 from melody_edge.generator import GenerationStats
+from training.captions import controls_of
 from training.data import load_split
 from training.instruments import InstrumentClassifier, family_rows, load_clip, sample_balanced
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
         z = gen.backend.vae_encode(x[None])[0]
         t = toks[Path(row["path"]).stem][:n_tok]
         zd = gen._dpd(t, np.zeros((0, c.vae.latent_dim), np.float32), len(t) * c.frames_per_token, s,
-                      np.random.default_rng(i), GenerationStats(), None)
+                      np.random.default_rng(i), GenerationStats(), None, controls_of(row["metadata"]))
         for stage, audio in (("real", x), ("vae_round_trip", gen.backend.vae_decode(z[None])[0]),
                              ("dpd_from_real_tokens", gen.backend.vae_decode(zd[None])[0])):
             hits[stage].append(clf.predict([audio], c.sample_rate)[0] == fam)

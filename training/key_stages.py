@@ -22,10 +22,13 @@ import argparse
 import inspect
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from melody_edge.backends.base import dpd_controls
+from melody_edge.controls import Controls
 from melody_edge.generator import Generator
 from melody_edge.sampling import get_schedule, sample
 from training.captions import controls_of
@@ -55,10 +58,11 @@ def key_stages(checkpoint: Path, data: Path, split: str = "test", n: int = 24, s
     hits = dict.fromkeys(stages, 0)
     schedule = get_schedule("paper", steps)
 
-    def dpd_audio(toks: np.ndarray, i: int) -> np.ndarray:
+    def dpd_audio(toks: np.ndarray, i: int, asked: Controls) -> np.ndarray:
+        # a DPD with a controls input hears the clip's own family and key
         noise = np.random.default_rng(seed + i).standard_normal((1, cfg.window_frames, cfg.vae.latent_dim))
-        cond = toks[None]
-        z = sample(lambda z, a, g, cond=cond: backend.dpd(z, a, cond), noise.astype(np.float32), schedule)
+        cond, ctl = toks[None], dpd_controls(asked, cfg)
+        z = sample(lambda z, a, g: backend.dpd(z, a, cond, ctl), noise.astype(np.float32), schedule)
         return backend.vae_decode(z)[0]
 
     for i, row in enumerate(rows):
@@ -67,7 +71,7 @@ def key_stages(checkpoint: Path, data: Path, split: str = "test", n: int = 24, s
         caption = row["captions"][0]
         audios = {"real_audio": real[i],
                   "vae_round_trip": backend.vae_decode(backend.vae_encode(real[i][None]))[0],
-                  "dpd_from_real_tokens": dpd_audio(tokens[i], i),
+                  "dpd_from_real_tokens": dpd_audio(tokens[i], i, label),
                   "generation": gen.generate(caption, cfg.window_seconds, seed=seed + i, steps=steps).samples}
         truths = dict.fromkeys(audios, truth)
         if "generation_with_key" in hits:
@@ -76,7 +80,8 @@ def key_stages(checkpoint: Path, data: Path, split: str = "test", n: int = 24, s
             truths["generation_with_key"] = truth
         if "dpd_from_rotated_tokens" in hits:
             shift = int(np.random.default_rng(seed + 1000 + i).integers(1, 12))
-            audios["dpd_from_rotated_tokens"] = dpd_audio(rotate_tokens(tokens[i], shift), i)
+            audios["dpd_from_rotated_tokens"] = dpd_audio(rotate_tokens(tokens[i], shift), i,
+                                                          replace(label, tonic=(label.tonic + shift) % 12))
             truths["dpd_from_rotated_tokens"] = ((label.tonic + shift) % 12, label.mode)
         for stage, audio in audios.items():
             hits[stage] += estimate_key(audio, cfg.sample_rate) == truths[stage]

@@ -8,7 +8,10 @@ chunk (MeLoDy eq. 7); with probability ``--prefix-p`` a sample's first chunks st
 continuation case) and only the noised frames count in the v-prediction MSE. With probability ``--crop-p`` the
 batch is a random crop of 1 .. n_chunks - 1 chunks. An EMA of the weights is kept and shipped.
 With ``cfg.dpd.token_features`` the DPD's token-feature table is set from ``<out>/tokenizer.npz`` (each token's
-chroma, loudness, onset and timbre). ``--init FOLDER`` starts from the DPD of a checkpoint of the same config.
+chroma, loudness, onset and timbre). With ``cfg.dpd.controlled`` each clip's instrument family and key
+(``dpd_control_ids``) condition it, each dropped to "none" with probability ``cfg.controls.dropout`` and both whenever
+the tokens are dropped. ``--init FOLDER`` starts from the DPD of a checkpoint of the same config, or of one without
+the control embeddings (they start at zero).
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from melody_edge.backends.base import dpd_controls, no_dpd_controls
 from melody_edge.errors import BundleError
+from melody_edge.models.config import ModelConfig
 from melody_edge.models.dpd import DPD
 from melody_edge.models.melody import MeLoDy
 from melody_edge.models.vae import VAE
 from melody_edge.tokenizer import SemanticTokenizer
+from training.captions import controls_of
 from training.common import Run, load_audio, load_rows, load_tokens, parse_args, unwrap
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,31 @@ def latents(run: Run, vae: VAE, rows: list[dict[str, Any]], batch: int = 8) -> n
     return z
 
 
+def dpd_control_ids(rows: list[dict[str, Any]], cfg: ModelConfig) -> np.ndarray:
+    """Each clip's DPD controls (N, 2) int64 ``[family, key]`` (``backends.base.dpd_controls``: none known, or
+    not taken by the model, = ``n_families`` / ``n_keys``)."""
+    return np.concatenate([dpd_controls(controls_of(r["metadata"]), cfg) for r in rows]).astype(np.int64)
+
+
+def drop_controls(rng: np.random.Generator, ctl: np.ndarray, cfg: ModelConfig, also: np.ndarray) -> np.ndarray:
+    """A copy of controls (B, 2) with each dropped to "none" independently with the controls' probability, and both
+    where ``also`` (B,) (the tokens dropped for classifier-free guidance)."""
+    ctl = ctl.copy()
+    none = no_dpd_controls(len(ctl), cfg)
+    drop = (rng.random(ctl.shape) < cfg.controls.dropout) | np.asarray(also, bool)[:, None]
+    ctl[drop] = none[drop]
+    return ctl
+
+
+def init_dpd(net: DPD, folder: Path) -> None:
+    """Load the DPD of checkpoint ``folder`` into ``net``; only the control embeddings (family, key) may be missing
+    (they keep their zero start)."""
+    missing, unexpected = net.load_state_dict(MeLoDy.load(folder, strict=False).dpd.state_dict(), strict=False)
+    if unexpected or set(missing) - {"family_emb.weight", "key_emb.weight"}:
+        raise BundleError(f"the DPD of {folder} does not fit this config (missing {missing}, unexpected "
+                          f"{unexpected})")
+
+
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-p", type=float, default=0.25, help="probability of a batch of 1 .. n_chunks-1 chunks")
     p.add_argument("--prefix-p", type=float, default=0.3, help="probability of clean leading chunks in a sample")
@@ -75,13 +106,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         z_all = torch.from_numpy(latents(run, MeLoDy.load(run.out, strict=False).vae, rows))
         tok_all = torch.from_numpy(load_tokens(args.data, args.out, "train", rows, cfg.window_tokens,
                                                cfg.dpd.sem_vocab))
+    ctl_all = dpd_control_ids(rows, cfg) if cfg.dpd.controlled else None
     shard = run.shard(len(rows))
     fpt, M, chunk_tok = cfg.frames_per_token, cfg.n_chunks, cfg.chunk_tokens
     log.info("%d train clips on this rank, latents %s", len(shard), tuple(z_all.shape[1:]))
 
     net = DPD(cfg.dpd, fpt)
     if args.init is not None and not run.ckpt_path.is_file():
-        net.load_state_dict(MeLoDy.load(args.init, strict=False).dpd.state_dict())
+        init_dpd(net, args.init)
         log.info("DPD initialised from %s", args.init)
     if cfg.dpd.token_features:
         net.set_token_features(SemanticTokenizer.load(run.out / "tokenizer.npz").token_features())
@@ -97,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         starts = rng.integers(0, cfg.window_tokens - n_tok + 1, B)
         z = torch.stack([z_all[i, s * fpt : (s + n_tok) * fpt] for i, s in zip(idx, starts, strict=True)])
         tokens = torch.stack([tok_all[i, s : s + n_tok] for i, s in zip(idx, starts, strict=True)])
-        tokens[torch.from_numpy(rng.random(B) < cfg.dpd.cond_dropout)] = cfg.dpd.sem_vocab  # CFG: no condition
+        drop = rng.random(B) < cfg.dpd.cond_dropout
+        tokens[torch.from_numpy(drop)] = cfg.dpd.sem_vocab  # CFG: no condition
+        ctl = None if ctl_all is None else torch.from_numpy(drop_controls(rng, ctl_all[idx], cfg, drop)).to(run.device)
         chunk_angles = rng.uniform(0.0, np.pi / 2, (B, n_chunks))
         if n_chunks > 1:
             clean = rng.integers(1, n_chunks, B) * (rng.random(B) < args.prefix_p)  # clean leading chunks
@@ -106,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         z, tokens = z.to(run.device), tokens.to(run.device)
         eps = torch.randn(z.shape, generator=run.gen, device=run.device)
         cos, sin = angles.cos()[..., None], angles.sin()[..., None]
-        v_hat = dpd(cos * z + sin * eps, angles, tokens)
+        v_hat = dpd(cos * z + sin * eps, angles, tokens, ctl)
         noised = (angles > 0).float()[..., None]
         loss = ((v_hat - (cos * eps - sin * z)).square() * noised).sum() / (noised.sum() * z.shape[-1]).clamp(min=1)
         opt.zero_grad(set_to_none=True)

@@ -11,7 +11,35 @@ from typing import Any
 
 import numpy as np
 
+from melody_edge.controls import Controls, control_ids
 from melody_edge.models.config import ModelConfig
+
+
+def no_dpd_controls(batch: int, config: ModelConfig) -> np.ndarray:
+    """The DPD's ``controls`` input (B, 2) int64 of "none asked": [n_families, n_keys]."""
+    return np.tile(np.array([[config.dpd.n_families, config.dpd.n_keys]], np.int64), (batch, 1))
+
+
+def dpd_controls(controls: Controls | None, config: ModelConfig) -> np.ndarray | None:
+    """The DPD's ``controls`` input (1, 2) int64 ``[family, key]`` of one ``Controls`` (an absent one, or one the
+    model does not take, is "none"), or None for a DPD without that input."""
+    if not config.dpd.controlled:
+        return None
+    row = no_dpd_controls(1, config)
+    if controls is not None:
+        ids = control_ids(controls, key_rotation=False)
+        if config.dpd.n_families:
+            row[0, 0] = ids["family"]
+        if config.dpd.n_keys:
+            row[0, 1] = ids["key"]
+    return row
+
+
+def dpd_controls_input(controls: np.ndarray | None, batch: int, config: ModelConfig) -> np.ndarray:
+    """The DPD graph's ``controls`` input (B, 2) int64: ``controls`` as given, or "none asked"."""
+    if controls is None:
+        return no_dpd_controls(batch, config)
+    return np.asarray(controls, np.int64).reshape(batch, 2)
 
 
 class Backend(ABC):
@@ -49,8 +77,11 @@ class Backend(ABC):
         cache to the next step and do not reuse an earlier one."""
 
     @abstractmethod
-    def dpd(self, z: np.ndarray, angles: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Noisy latents (B, L, C), per-frame angles (B, L), semantic tokens (B, N) -> v_hat (B, L, C)."""
+    def dpd(self, z: np.ndarray, angles: np.ndarray, tokens: np.ndarray, controls: np.ndarray | None = None
+            ) -> np.ndarray:
+        """Noisy latents (B, L, C), per-frame angles (B, L), semantic tokens (B, N) [+ the asked controls (B, 2)
+        int64 ``[family, key]`` (``dpd_controls``) for a model whose ``config.dpd.controlled``; None = none asked]
+        -> v_hat (B, L, C)."""
 
     @abstractmethod
     def vae_decode(self, z: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from melody_edge.backends.base import Backend
+from melody_edge.backends.base import Backend, dpd_controls_input
 from melody_edge.bundle import COMPONENTS, Bundle, lm_step_cache_inputs
 from melody_edge.errors import BackendUnavailableError, BundleError, InvalidInputError
 
@@ -269,8 +269,9 @@ class OnnxBackend(Backend):
         c.array[:, :, :, :, pos] = c.kv[:, :, :, :, 0]
         return c.logits.copy(), c
 
-    def dpd(self, z, angles, tokens):
-        return self._run("dpd", z=z, angles=angles, tokens=tokens)[0].astype(np.float32)
+    def dpd(self, z, angles, tokens, controls=None):
+        extra = {"controls": dpd_controls_input(controls, len(z), self.config)} if self.config.dpd.controlled else {}
+        return self._run("dpd", z=z, angles=angles, tokens=tokens, **extra)[0].astype(np.float32)
 
     def vae_decode(self, z):
         return self._run("vae_decoder", z=z)[0].astype(np.float32)

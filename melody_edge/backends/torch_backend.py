@@ -67,9 +67,10 @@ class TorchBackend(Backend):
             logits, cache = self.model.lm.step(self._t(token.astype(np.int64)), pos_t, cache, beat_t)
             return self._np(logits), cache
 
-    def dpd(self, z, angles, tokens):
+    def dpd(self, z, angles, tokens, controls=None):
         with self._torch.inference_mode():
-            return self._np(self.model.dpd(self._t(z), self._t(angles), self._t(tokens.astype(np.int64))))
+            ctl = None if controls is None else self._t(np.asarray(controls, np.int64).reshape(len(z), 2))
+            return self._np(self.model.dpd(self._t(z), self._t(angles), self._t(tokens.astype(np.int64)), ctl))
 
     def vae_decode(self, z):
         with self._torch.inference_mode():

@@ -104,6 +104,13 @@ class DPDConfig:
     sem_vocab: int = 256  # = LMConfig.vocab_size; index sem_vocab is the "no condition" token for CFG
     cond_dropout: float = 0.1  # paper: 0.1
     token_features: int = 0  # > 0: each token also embeds its tokenizer feature vector (24-d: chroma, ...)
+    n_families: int = 0  # > 0: the asked instrument family (controls.FAMILIES; index n_families = none) conditions it
+    n_keys: int = 0  # 24: the asked key (controls.Controls.key_index; index 24 = none) conditions it
+
+    @property
+    def controlled(self) -> bool:
+        """Whether the DPD takes a ``controls`` input (B, 2) int64: [family, key]."""
+        return bool(self.n_families or self.n_keys)
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,11 @@ class ModelConfig:
             raise ConfigError("dpd.segment must be even and a multiple of dpd.merge")
         if self.lm.dim % self.lm.n_heads or self.dpd.dim % self.dpd.n_heads:
             raise ConfigError("model dims must be multiples of their head counts")
+        if self.dpd.n_families and (not self.controls.enabled or self.dpd.n_families != self.controls.n_families):
+            raise ConfigError(f"dpd.n_families {self.dpd.n_families} must be 0 or, with controls enabled, "
+                              f"controls.n_families {self.controls.n_families}")
+        if self.dpd.n_keys not in (0, 24) or (self.dpd.n_keys and not self.controls.enabled):
+            raise ConfigError(f"dpd.n_keys {self.dpd.n_keys} must be 0 or, with controls enabled, 24")
         if self.controls.enabled and self.controls.key_rotation and self.lm.vocab_size % 12:
             raise ConfigError(f"key_rotation needs a vocabulary of base codes x 12, got {self.lm.vocab_size}")
         return self
@@ -256,7 +268,7 @@ def _debug() -> ModelConfig:
         text=TextConfig(n_prefix=4, n_heads=2),
         lm=LMConfig(vocab_size=48, dim=32, n_layers=2, n_heads=2, ffn_dim=64),
         dpd=DPDConfig(latent_dim=8, dim=32, n_blocks=2, n_heads=2, segment=16, merge=4, sem_vocab=48,
-                      token_features=24),
+                      token_features=24, n_families=9, n_keys=24),
         controls=ControlConfig(enabled=True),
         vae=VAEConfig(hop=480, latent_dim=8, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=1, disc_channels=4,
                       mrd_ffts=(256, 512)),
@@ -272,7 +284,8 @@ def _tiny() -> ModelConfig:
     # among 1/3/5/8 by key match (0.08/0.17/0.08/0.00). MODEL_CARD.md has both comparisons.
     # controls: vocab 768 = 64 base codes x 12 rotations (transposition-equivariant tokens, key set by rotation)
     return ModelConfig(name="tiny", lm=LMConfig(vocab_size=768, dropout=0.1),
-                       dpd=DPDConfig(sem_vocab=768, token_features=24), controls=ControlConfig(enabled=True),
+                       dpd=DPDConfig(sem_vocab=768, token_features=24, n_families=9, n_keys=24),
+                       controls=ControlConfig(enabled=True),
                        guidance=1.0, lm_guidance=3.0)
 
 

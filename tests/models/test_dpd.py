@@ -71,3 +71,26 @@ def test_paper_dpd_parameter_count_within_5_percent():
         model = DPD(cfg.dpd, cfg.frames_per_token)
     n = count_params(model)
     assert abs(n - PAPER_PARAMS["dpd"]) / PAPER_PARAMS["dpd"] < 0.05, n
+
+
+def test_control_condition_starts_neutral_and_then_changes_the_output():
+    model, cfg = _dpd()
+    n_fam, n_keys = cfg.dpd.n_families, cfg.dpd.n_keys
+    assert (n_fam, n_keys) == (9, 24)
+    L = 3 * cfg.frames_per_token
+    z, angles = torch.randn(4, L, cfg.dpd.latent_dim), torch.rand(4, L)
+    tokens = torch.randint(0, cfg.dpd.sem_vocab, (1, 3)).repeat(4, 1)
+    # piano in C major, strings in C major, piano in A minor, none asked
+    controls = torch.tensor([[0, 0], [4, 0], [0, 21], [n_fam, n_keys]])
+    with torch.inference_mode():
+        # zero-initialised: a DPD fine-tuned from one without the control inputs starts out as it was
+        assert torch.equal(model(z, angles, tokens, controls), model(z, angles, tokens))
+        torch.nn.init.normal_(model.family_emb.weight, 0, 0.5)
+        torch.nn.init.normal_(model.key_emb.weight, 0, 0.5)
+        v = model(z, angles, tokens, controls)
+        v_none = model(z, angles, tokens)  # no controls given = none asked
+    assert torch.equal(v[3], v_none[3])
+    for i in range(3):
+        assert (v[i] - v_none[i]).abs().mean() > 1e-3
+    assert (v[0] - v[1]).abs().mean() > 1e-3  # the family counts
+    assert (v[0] - v[2]).abs().mean() > 1e-3  # the key counts
