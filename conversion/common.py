@@ -111,7 +111,10 @@ def controls_manifest(cfg: Any) -> dict[str, Any] | None:
                        "key index 0..23 (tonic + 12 * minor; 24 absent)",
                        "bpm": "beats per minute (0 absent)", "metre": f"index into metres ({c.n_metres} absent)",
                        "family": f"index into families ({c.n_families} absent)",
-                       "beat": "per token [sin, cos](2 pi k phase), k = 1..beat_harmonics (zeros: no tempo)"}}
+                       "beat": "per token [sin, cos](2 pi k phase), k = 1..beat_harmonics (zeros: no tempo)",
+                       **({"dpd_controls": f"the DPD's (B, 2) [family index ({cfg.dpd.n_families} absent), key index "
+                                           f"0..23 (tonic + 12 * minor; {cfg.dpd.n_keys} absent)]"}
+                          if cfg.dpd.controlled else {})}}
 
 
 def distillation_record(folder: Path | None) -> dict[str, Any] | None:

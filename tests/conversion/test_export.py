@@ -129,6 +129,28 @@ def test_manifest_describes_every_component(fp32_bundle):
     assert m["tools"]["onnxruntime"] and m["source"]["commit"]
 
 
+def test_exported_dpd_takes_the_asked_family_and_key_and_matches_torch(fp32_bundle, int8_bundle):
+    m = load_bundle(fp32_bundle).manifest
+    assert m["files"]["dpd"]["spec"]["inputs"]["controls"]["dtype"] == "tensor(int64)"
+    assert "dpd_controls" in m["controls"]["inputs"]
+    torch_gen = Generator("debug")
+    cfg = torch_gen.config
+    rng = np.random.default_rng(0)
+    L = 6 * cfg.frames_per_token
+    z = rng.standard_normal((3, L, cfg.vae.latent_dim), dtype=np.float32)
+    angles = rng.uniform(0.1, 1.5, (3, L)).astype(np.float32)
+    tokens = rng.integers(0, cfg.dpd.sem_vocab, (3, 6))
+    controls = np.array([[1, 7], [6, 19], [cfg.dpd.n_families, cfg.dpd.n_keys]])  # asked, asked, none
+    ref = torch_gen.backend.dpd(z, angles, tokens, controls)
+    assert np.abs(ref[0] - torch_gen.backend.dpd(z[:1], angles[:1], tokens[:1], controls[1:2])[0]).max() > 1e-5
+    for bundle, precision in ((fp32_bundle, "fp32"), (int8_bundle, "int8")):
+        min_db = THRESHOLDS[precision]["dpd_snr_db"]
+        got = Generator(bundle).backend.dpd(z, angles, tokens, controls)
+        for i in range(3):
+            snr = 10 * np.log10(np.sum(ref[i] ** 2) / max(np.sum((ref[i] - got[i]) ** 2), 1e-30))
+            assert snr > min_db, (bundle, i, snr)
+
+
 def test_bundle_runs_in_a_process_where_torch_cannot_be_imported(fp32_bundle, tmp_path):
     code = f"""
 import sys
