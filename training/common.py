@@ -49,7 +49,8 @@ def parse_args(description: str, argv: Sequence[str] | None, *, batch: int, lr: 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, required=True, help="dataset root (train.jsonl, valid.jsonl, wavs)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder, shared by the three scripts")
-    p.add_argument("--preset", default="tiny", help="model preset: debug, tiny or paper")
+    p.add_argument("--preset", default="tiny",
+                   help="model preset (debug, tiny or paper), or a checkpoint folder whose config.json to train")
     p.add_argument("--steps", type=int, required=True, help="total optimizer steps (the schedule's length)")
     p.add_argument("--batch", type=int, default=batch, help="batch size per process")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
@@ -65,6 +66,24 @@ def parse_args(description: str, argv: Sequence[str] | None, *, batch: int, lr: 
     if add_args is not None:
         add_args(p)
     return p.parse_args(argv)
+
+
+def preset_config(preset: str) -> ModelConfig:
+    """The config of a preset name (``debug``, ``tiny``, ``paper``) or of the checkpoint folder ``preset`` (its
+    ``config.json``): a folder trains networks other than the preset's, such as a DPD with control inputs
+    (``training/dpd_controls.sh``)."""
+    from melody_edge.models.config import PRESETS
+
+    if preset in PRESETS:
+        return get_config(preset)
+    path = Path(preset) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)} or a checkpoint folder "
+                          f"with a config.json")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text())["config"]).validate()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a model config: {exc}") from exc
 
 
 def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:
@@ -105,7 +124,7 @@ class Run:
         torch.manual_seed(args.seed)  # model initialisation: identical on every rank
         self.rng = np.random.default_rng([args.seed, self.rank])
         self.gen = torch.Generator(self.device).manual_seed(args.seed * 1_000 + self.rank)
-        self.cfg: ModelConfig = get_config(args.preset)
+        self.cfg: ModelConfig = preset_config(args.preset)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.out / f"train_{part}.pt"

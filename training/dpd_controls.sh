@@ -26,7 +26,8 @@ mkdir -p "$TEACHER"
 for f in config.json model.safetensors tokenizer.npz; do
   [ -s "$TEACHER/$f" ] || git show "$BASE:melody_edge/assets/tiny/$f" > "$TEACHER/$f"
 done
-# the teacher's config gets the control conditions and the shipped model's sampling temperature (0.8)
+# the teacher's config gets the control conditions (the tiny preset, the shipped networks, has none: the folder is
+# the preset of its training) and the shipped model's sampling temperature (0.8)
 python - "$TEACHER/config.json" <<'PY'
 import json, sys
 from pathlib import Path
@@ -38,7 +39,7 @@ d["config"]["temperature"] = 0.8
 p.write_text(json.dumps(d, indent=2))
 PY
 log "DPD teacher (8 steps) with the family and key conditions"
-python -m training.train_dpd --data "$DATA" --out "$TEACHER" --preset tiny --init "$TEACHER" --steps "$DPD_STEPS" \
+python -m training.train_dpd --data "$DATA" --out "$TEACHER" --preset "$TEACHER" --init "$TEACHER" --steps "$DPD_STEPS" \
   --batch 12 --lr 3e-4 --warmup 50 --seed 0 --threads "$THREADS" --time-limit-min "$DPD_MIN"
 log "DPD 8 -> 4 steps"
 python -m conversion.distill dpd --teacher "$TEACHER" --out "$STUDENT" --steps 4 --data "$DATA" --cache "$TEACHER" \

@@ -284,8 +284,7 @@ def _tiny() -> ModelConfig:
     # among 1/3/5/8 by key match (0.08/0.17/0.08/0.00). MODEL_CARD.md has both comparisons.
     # controls: vocab 768 = 64 base codes x 12 rotations (transposition-equivariant tokens, key set by rotation)
     return ModelConfig(name="tiny", lm=LMConfig(vocab_size=768, dropout=0.1),
-                       dpd=DPDConfig(sem_vocab=768, token_features=24, n_families=9, n_keys=24),
-                       controls=ControlConfig(enabled=True),
+                       dpd=DPDConfig(sem_vocab=768, token_features=24), controls=ControlConfig(enabled=True),
                        guidance=1.0, lm_guidance=3.0)
 
 

@@ -17,6 +17,7 @@ pytest.importorskip("librosa")
 from melody_edge.models.config import SAMPLE_RATE, get_config  # noqa: E402
 from melody_edge.models.melody import MeLoDy  # noqa: E402
 from training import train_dpd, train_lm, train_vae  # noqa: E402
+from training.control_loss import VARIANTS, control_loss  # noqa: E402
 from training.key_stages import key_stages  # noqa: E402
 from training.tokenizer import fit_tokenizer  # noqa: E402
 
@@ -119,6 +120,11 @@ def test_vae_lm_dpd_train_resume_and_ship(setup):
     state = torch.load(out / "train_dpd.pt", weights_only=True)["modules"]["ema"]
     assert all(torch.equal(model.dpd.state_dict()[k], v) for k, v in state.items())  # the EMA is what ships
 
+    # the controls' share of the DPD's loss: every variant scored, the trained key embedding in use
+    losses = control_loss(out, data, n=4, batch=2, repeats=1)
+    assert set(losses) == set(VARIANTS) and all(np.isfinite(v) for v in losses.values())
+    assert losses["true"] != losses["wrong_key"]
+
     # the per-stage key diagnostic runs on the trained checkpoint and reports a fraction per stage
     stages = key_stages(out, data, "valid", n=2, steps=2)
     assert set(stages) == {"real_audio", "vae_round_trip", "dpd_from_real_tokens", "generation"}
@@ -158,3 +164,20 @@ def test_ship_part_keeps_the_folders_sampling_defaults(tmp_path):
     other = dataclasses.replace(cfg, window_tokens=cfg.window_tokens * 2)
     with pytest.raises(ConfigError, match="config differs"):
         ship_part(tmp_path, other, "lm", lm, {"steps": 3})
+
+
+def test_a_checkpoint_folder_serves_as_the_preset(tmp_path):
+    from melody_edge.errors import ConfigError
+    from training.common import preset_config
+
+    assert preset_config("debug") == get_config("debug")
+    cfg = get_config("tiny")
+    assert not cfg.dpd.controlled  # the shipped networks
+    folder = tmp_path / "ctl"
+    MeLoDy(get_config("debug")).save(folder)
+    assert preset_config(str(folder)) == get_config("debug")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    for bad in ("nope", str(tmp_path / "bad")):
+        with pytest.raises(ConfigError):
+            preset_config(bad)
