@@ -75,7 +75,7 @@ class ShapeRecorder(Backend):
         self.calls.append(("lm_step", (token.shape,)))
         return np.zeros((token.shape[0], self.config.lm.vocab_size), np.float32), None
 
-    def dpd(self, z, angles, tokens):
+    def dpd(self, z, angles, tokens, controls=None):
         self.calls.append(("dpd", (z.shape, tokens.shape)))
         return np.zeros_like(z)
 

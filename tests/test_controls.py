@@ -328,7 +328,7 @@ def test_the_first_window_is_rotated_to_fit_the_asked_key_and_a_steer_keeps_the_
     made, seen = [], []
     real_lm, real_dpd = gen._lm, gen.backend.dpd
     monkeypatch.setattr(gen, "_lm", lambda *a, **k: (made.append(real_lm(*a, **k)), made[-1])[1])
-    monkeypatch.setattr(gen.backend, "dpd", lambda z, a, t: (seen.append(t[0].copy()), real_dpd(z, a, t))[1])
+    monkeypatch.setattr(gen.backend, "dpd", lambda z, a, t, c=None: (seen.append(t[0].copy()), real_dpd(z, a, t, c))[1])
     feats = gen.backend.semantic_tokenizer.token_features()
     for seed in range(4):
         gen.generate("a piece", seconds=0.7, seed=seed, key="D minor", steps=1)

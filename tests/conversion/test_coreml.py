@@ -73,6 +73,8 @@ def _size(path: Path) -> int:
 
 def test_every_component_is_an_ml_program_for_macos14(fp16_bundle, model):
     extra = CONTROL_INPUTS if model.cfg.controls.enabled else {}
+    if model.cfg.dpd.controlled:  # the DPD hears the asked family and key
+        extra = {**extra, "dpd": ["controls"]}
     for comp in COMPONENTS:
         spec = ct.utils.load_spec(str(fp16_bundle / f"{comp}.mlpackage"))
         assert spec.WhichOneof("Type") == "mlProgram", comp
@@ -192,8 +194,10 @@ def test_rewritten_programs_equal_eager_torch_at_batch_1_and_odd_lengths(model):
     mods, inputs, shapes = coreml_graphs(model), coreml_example_inputs(model), input_shapes(model.cfg)
     g = torch.Generator().manual_seed(1)
     C, fpt, V = model.cfg.vae.latent_dim, model.cfg.frames_per_token, model.cfg.lm.vocab_size
+    d = model.cfg.dpd
+    ctl = (lambda B: (torch.tensor([[1, 5], [d.n_families, d.n_keys]])[:B],)) if d.controlled else (lambda B: ())
     cases = {"dpd": [(torch.randn(B, L, C, generator=g), torch.rand(B, L, generator=g),
-                      torch.randint(0, model.cfg.dpd.sem_vocab + 1, (B, -(-L // fpt)), generator=g))
+                      torch.randint(0, d.sem_vocab + 1, (B, -(-L // fpt)), generator=g), *ctl(B))
                      for B, L in ((1, 1), (1, 37), (2, model.cfg.window_frames))],
              "vae_encoder": [(torch.randn(B, T, generator=g) * 0.1,) for B, T in ((1, 1), (1, 961), (2, 5000))],
              "lm_prefill": [(inputs["lm_prefill"]["prefix"][:1], torch.randint(0, V, (1, N), generator=g),

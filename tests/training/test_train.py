@@ -120,10 +120,11 @@ def test_vae_lm_dpd_train_resume_and_ship(setup):
     state = torch.load(out / "train_dpd.pt", weights_only=True)["modules"]["ema"]
     assert all(torch.equal(model.dpd.state_dict()[k], v) for k, v in state.items())  # the EMA is what ships
 
-    # the controls' share of the DPD's loss: every variant scored, the trained key embedding in use
+    # the DPD's key embedding (zero at the start) was trained on the clips' keys; the controls' share of its loss
+    # is scored for every variant
+    assert model.dpd.key_emb.weight.abs().sum() > 0
     losses = control_loss(out, data, n=4, batch=2, repeats=1)
-    assert set(losses) == set(VARIANTS) and all(np.isfinite(v) for v in losses.values())
-    assert losses["true"] != losses["wrong_key"]
+    assert set(losses) == set(VARIANTS) and all(np.isfinite(v) and v > 0 for v in losses.values())
 
     # the per-stage key diagnostic runs on the trained checkpoint and reports a fraction per stage
     stages = key_stages(out, data, "valid", n=2, steps=2)
