@@ -41,7 +41,7 @@ from conversion.common import (
 from conversion.graphs import OUTPUTS, PARITY_PROMPTS, example_inputs, onnx_graphs
 from conversion.parity import ParityError, report_parity, snr_db
 from conversion.providers import check_graphs
-from melody_edge.backends.base import dpd_controls, no_dpd_controls
+from melody_edge.backends.base import dpd_controls, with_unconditional_row
 from melody_edge.bundle import BUNDLE_FORMAT, COMPONENTS, Bundle, lm_step_cache_inputs, sha256
 from melody_edge.controls import parse_controls
 from melody_edge.errors import ConfigError
@@ -453,7 +453,7 @@ def e2e_parity(model: MeLoDy, be: Any, *, steps: int = 8, schedule: str = "paper
             if guidance == 1.0:
                 return backend.dpd(z, angles, tokens[None], ctl)
             v = backend.dpd(np.concatenate([z, z]), np.concatenate([angles, angles]), np.stack([tokens, null]),
-                            None if ctl is None else np.concatenate([ctl, no_dpd_controls(1, c)]))
+                            with_unconditional_row(ctl, c))
             return v[1:] + guidance * (v[:1] - v[1:])
 
         z = sample(denoise, z0, get_schedule(schedule, steps), guidance=c.guidance)

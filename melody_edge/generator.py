@@ -26,7 +26,7 @@ import numpy as np
 
 from melody_edge.audio import Audio
 from melody_edge.backends import BACKENDS, Backend
-from melody_edge.backends.base import dpd_controls, no_dpd_controls
+from melody_edge.backends.base import dpd_controls, with_unconditional_row
 from melody_edge.controls import (
     Controls,
     beat_features,
@@ -603,7 +603,7 @@ class Generator:
         C = self.config.vae.latent_dim
         null = np.full_like(tokens, self.config.dpd.sem_vocab)
         ctl = dpd_controls(controls, self.config)
-        ctl2 = None if ctl is None else np.concatenate([ctl, no_dpd_controls(1, self.config)])
+        ctl2 = with_unconditional_row(ctl, self.config)
         n_kept = len(kept_z)
         right_z = np.zeros((0, C), np.float32) if right_z is None else right_z
         z0 = np.concatenate([kept_z, rng.standard_normal((n_new_frames, C), dtype=np.float32), right_z])[None]

@@ -35,11 +35,20 @@ def dpd_controls(controls: Controls | None, config: ModelConfig) -> np.ndarray |
     return row
 
 
-def dpd_controls_input(controls: np.ndarray | None, batch: int, config: ModelConfig) -> np.ndarray:
-    """The DPD graph's ``controls`` input (B, 2) int64: ``controls`` as given, or "none asked"."""
-    if controls is None:
-        return no_dpd_controls(batch, config)
-    return np.asarray(controls, np.int64).reshape(batch, 2)
+def with_unconditional_row(controls: np.ndarray | None, config: ModelConfig) -> np.ndarray | None:
+    """``dpd_controls`` (1, 2) followed by the unconditional row of classifier-free guidance, which hears none."""
+    return None if controls is None else np.concatenate([controls, no_dpd_controls(1, config)])
+
+
+def dpd_feeds(z: np.ndarray, angles: np.ndarray, tokens: np.ndarray, controls: np.ndarray | None,
+              config: ModelConfig) -> dict[str, np.ndarray]:
+    """The exported DPD graph's inputs: z, angles, tokens and, for a controlled DPD, ``controls`` (B, 2) int64 (as
+    given, or "none asked")."""
+    feeds = {"z": z, "angles": angles, "tokens": tokens}
+    if config.dpd.controlled:
+        feeds["controls"] = (no_dpd_controls(len(z), config) if controls is None
+                             else np.asarray(controls, np.int64).reshape(len(z), 2))
+    return feeds
 
 
 class Backend(ABC):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from melody_edge.backends.base import Backend, dpd_controls_input
+from melody_edge.backends.base import Backend, dpd_feeds
 from melody_edge.bundle import COMPONENTS, MANIFEST, Bundle, sha256
 from melody_edge.errors import BackendUnavailableError, BundleError, ConfigError
 
@@ -152,8 +152,7 @@ class CoreMLBackend(Backend):
         return out["logits"].astype(np.float32), cache
 
     def dpd(self, z, angles, tokens, controls=None):
-        extra = {"controls": dpd_controls_input(controls, len(z), self.config)} if self.config.dpd.controlled else {}
-        return self._run("dpd", z=z, angles=angles, tokens=tokens, **extra)["v"].astype(np.float32)
+        return self._run("dpd", **dpd_feeds(z, angles, tokens, controls, self.config))["v"].astype(np.float32)
 
     def vae_decode(self, z):
         return self._run("vae_decoder", z=z)["audio"].astype(np.float32)

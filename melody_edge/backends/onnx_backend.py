@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from melody_edge.backends.base import Backend, dpd_controls_input
+from melody_edge.backends.base import Backend, dpd_feeds
 from melody_edge.bundle import COMPONENTS, Bundle, lm_step_cache_inputs
 from melody_edge.errors import BackendUnavailableError, BundleError, InvalidInputError
 
@@ -270,8 +270,7 @@ class OnnxBackend(Backend):
         return c.logits.copy(), c
 
     def dpd(self, z, angles, tokens, controls=None):
-        extra = {"controls": dpd_controls_input(controls, len(z), self.config)} if self.config.dpd.controlled else {}
-        return self._run("dpd", z=z, angles=angles, tokens=tokens, **extra)[0].astype(np.float32)
+        return self._run("dpd", **dpd_feeds(z, angles, tokens, controls, self.config))[0].astype(np.float32)
 
     def vae_decode(self, z):
         return self._run("vae_decoder", z=z)[0].astype(np.float32)
