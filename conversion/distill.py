@@ -81,7 +81,7 @@ from melody_edge.models.lm import SemanticLM
 from melody_edge.models.melody import MeLoDy
 from melody_edge.tokenizer import rotate_tokens
 from training.common import Run, load_rows, load_tokens, unwrap
-from training.train_dpd import dpd_control_ids, drop_controls
+from training.train_dpd import dpd_control_ids, drop_controls, vae_fingerprint
 
 log = logging.getLogger("conversion.distill")
 
@@ -148,8 +148,7 @@ def _cached_latents(run: Run, vae: torch.nn.Module, rows: list[dict[str, Any]], 
     VAE for these clips (memory-mapped, read only), else computed into ``<out>`` by ``training.train_dpd.latents``."""
     from training.train_dpd import latents
 
-    fingerprint = round(sum(float(p.detach().double().sum()) for p in vae.parameters()), 6)  # train_dpd's key
-    key = {"ids": [r["id"] for r in rows], "vae": fingerprint}
+    key = {"ids": [r["id"] for r in rows], "vae": vae_fingerprint(vae)}
     for d in dirs:
         npy, meta = Path(d) / "latents_train.npy", Path(d) / "latents_train.json"
         if npy.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
@@ -188,6 +187,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, batch: int, lr: float) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--time-limit-min", type=float, default=None, help="stop, save and write the student after this")
+    p.add_argument("--lr-by-time", action="store_true",
+                   help="run the learning-rate schedule over the time limit too (training.common.Run)")
     p.add_argument("--save-every", type=int, default=50, help="steps between resumable checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines (losses averaged)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
@@ -294,16 +295,17 @@ def sample_latents(net: DPD, tokens: torch.Tensor, noise: torch.Tensor, steps: i
                    guidance: float, controls: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM from ``noise`` (B, L, C) at pi/2 to 0 in ``steps`` steps (the ``melody_edge.sampling.sample`` loop, in
     torch): the held-out check of a round."""
-    grid = torch.from_numpy(schedule_angle(schedule, steps, np.arange(steps + 1))).float()
+    grid = torch.from_numpy(schedule_angle(schedule, steps, np.arange(steps + 1))).float().to(noise.device)
     z = noise
     for i in range(steps):
-        ang = torch.full(z.shape[:2], float(grid[i]))
+        ang = torch.full(z.shape[:2], float(grid[i]), device=z.device)
         z = _ddim(z, guided_v(net, z, ang, tokens, guidance, controls), (grid[i] - grid[i + 1]).repeat(z.shape[0]))
     return z
 
 
 def snr_db(ref: np.ndarray | torch.Tensor, est: np.ndarray | torch.Tensor) -> float:
     """10 log10(|ref|^2 / |ref - est|^2), in dB."""
+    ref, est = (x.detach().cpu() if isinstance(x, torch.Tensor) else x for x in (ref, est))
     ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
     return float(10 * np.log10(max(np.sum(ref**2), 1e-20) / max(np.sum((ref - est) ** 2), 1e-20)))
 
@@ -342,6 +344,7 @@ def distill_dpd(args: argparse.Namespace) -> Path:
     for t_steps, s_steps in rounds:
         minutes = _minutes_left(args, t_start)
         run = _run(args, f"dpd{s_steps}", cfg, args.round_steps, minutes)
+        teacher = teacher.to(run.device)  # the students are copies of it: on the run's device too
         if z_all is None:
             z_all = _cached_latents(run, model.vae, rows, _cache_dirs(args))
         student = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -366,7 +369,7 @@ def distill_dpd(args: argparse.Namespace) -> Path:
     s_steps = records[-1]["student_steps"]
     student_cfg = dataclasses.replace(cfg, dpd_steps=s_steps, guidance=1.0)
     model.cfg = student_cfg
-    model.dpd.load_state_dict(teacher.state_dict())
+    model.dpd.cpu().load_state_dict(teacher.state_dict())  # the teacher of round 1 was model.dpd, moved
     record = {"kind": "dpd", "method": args.method, "teacher": str(teacher_dir),
               "teacher_sha256": weights_sha256(teacher_dir), "teacher_steps": cfg.dpd_steps, "steps": s_steps,
               "schedule": args.schedule, "guidance_folded": guidance,

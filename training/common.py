@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -36,8 +35,6 @@ from melody_edge.errors import ConfigError
 from melody_edge.models.config import ModelConfig, get_config
 from melody_edge.models.melody import MeLoDy
 from melody_edge.tokenizer import SemanticTokenizer
-from training.data import load_split
-from training.tokenizer import FINGERPRINT_KEY, tokenize_dataset, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +56,9 @@ def parse_args(description: str, argv: Sequence[str] | None, *, batch: int, lr: 
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--time-limit-min", type=float, default=None, help="stop, save and ship after this many minutes")
+    p.add_argument("--lr-by-time", action="store_true",
+                   help="run the learning-rate schedule over the time limit too (whichever of steps and time is "
+                        "further along), so a run cut by --time-limit-min still ends at the schedule's floor")
     p.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
     p.add_argument("--log-every", type=int, default=20, help="steps between log lines (losses averaged)")
     p.add_argument("--eval-every", type=int, default=200, help="steps between validation passes")
@@ -200,6 +200,15 @@ class Run:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _schedule_step(self) -> int:
+        """The step the learning-rate schedule is at: ``step``, or with ``--lr-by-time`` the further along of
+        ``step`` and the share of the time limit used (counted from this process's start, as the limit is)."""
+        limit = self.args.time_limit_min
+        if not getattr(self.args, "lr_by_time", False) or limit is None:
+            return self.step
+        used = (time.monotonic() - self._t0) / (60.0 * limit)
+        return max(self.step, min(self.args.steps, int(used * self.args.steps)))
+
     def _out_of_time(self) -> bool:
         limit = self.args.time_limit_min
         stop = torch.tensor(float(limit is not None and time.monotonic() - self._t0 > 60.0 * limit))
@@ -218,7 +227,7 @@ class Run:
         sums: dict[str, float] = defaultdict(float)
         count = 0
         while self.step < self.args.steps and not self._out_of_time():
-            lr = cosine_lr(self.step, self.args.steps, self.args.warmup, self.args.lr)
+            lr = cosine_lr(self._schedule_step(), self.args.steps, self.args.warmup, self.args.lr)
             for opt in optims.values():
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -286,11 +295,17 @@ def ship_part(out: Path, cfg: ModelConfig, part: str, module_state: dict[str, to
 
 def load_rows(data: Path, split: str) -> list[dict[str, Any]]:
     """The clip rows of ``<data>/<split>.jsonl`` (empty list when the split file is missing)."""
-    return load_split(data, split) if (Path(data) / f"{split}.jsonl").is_file() else []
+    path = Path(data) / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def load_audio(data: Path, rows: list[dict[str, Any]], samples: int) -> np.ndarray:
     """The clips of ``rows`` as one float32 array (N, samples): mono, cut or zero-padded to ``samples``."""
+    import soundfile as sf
+
     audio = np.zeros((len(rows), samples), dtype=np.float32)
     for i, row in enumerate(tqdm(rows, desc="load audio", unit="clip", leave=False)):
         x, _ = sf.read(Path(data) / row["path"], dtype="float32", always_2d=True)
@@ -304,6 +319,8 @@ def load_tokens(data: Path, out: Path, split: str, rows: list[dict[str, Any]], n
     """Semantic tokens of ``rows`` (N, n_tokens) int64 from ``<data>/tokens_<split>.npz``; if that file is missing
     or was made by another tokenizer than ``<out>/tokenizer.npz`` (its recorded fingerprint differs), tokenize the
     split with ``<out>/tokenizer.npz`` first (and save the file)."""
+    from training.tokenizer import FINGERPRINT_KEY, tokenize_dataset, tokenizer_fingerprint
+
     path = Path(data) / f"tokens_{split}.npz"
     tokenizer = SemanticTokenizer.load(Path(out) / "tokenizer.npz")
     table = None

@@ -19,10 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import librosa
 import numpy as np
-import soundfile as sf
-from sklearn.cluster import KMeans
 
 from melody_edge.errors import InvalidInputError
 from melody_edge.models.config import SAMPLE_RATE, TOKEN_RATE
@@ -56,6 +53,8 @@ key/harmony of a prompt must survive quantization."""
 
 def build_extractor(sample_rate: int = SAMPLE_RATE, hop: int = HOP) -> FrameFeatureExtractor:
     """The feature extractor with librosa's chroma (n_fft 4096) and mel (n_fft 2048, 32 bands) filterbanks."""
+    import librosa  # here, not at the top: the token cache's readers (training.common) need no audio stack
+
     chroma_fb = librosa.filters.chroma(sr=sample_rate, n_fft=N_FFT, n_chroma=N_CHROMA)
     mel_fb = librosa.filters.mel(sr=sample_rate, n_fft=N_FFT_SHORT, n_mels=N_MELS)
     return FrameFeatureExtractor(
@@ -77,6 +76,9 @@ def group_weights_from_shares(shares: Mapping[str, float]) -> np.ndarray:
 
 def load_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read an audio file as mono float32 at ``sample_rate`` (channels averaged, resampled if needed)."""
+    import librosa
+    import soundfile as sf
+
     audio, sr = sf.read(path, dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if sr != sample_rate:
@@ -133,6 +135,8 @@ def fit_from_features(
     std[std < 1e-6] = 1.0  # a constant dimension carries no information; leave it unscaled
     group_weights = group_weights_from_shares(group_shares)
     scaled = scale_features(raw, mean, std, group_weights)
+    from sklearn.cluster import KMeans
+
     kmeans = KMeans(n_clusters=n_codes, init="k-means++", n_init=1, max_iter=100, random_state=seed)
     kmeans.fit(scaled)
     logger.info(

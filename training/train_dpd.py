@@ -41,12 +41,17 @@ from training.common import Run, load_audio, load_rows, load_tokens, parse_args,
 log = logging.getLogger(__name__)
 
 
+def vae_fingerprint(vae: torch.nn.Module) -> float:
+    """The sum of the VAE's weights (6 decimals): which VAE a latent cache was made with."""
+    return round(sum(float(p.detach().double().sum()) for p in vae.parameters()), 6)
+
+
 @torch.no_grad()
 def latents(run: Run, vae: VAE, rows: list[dict[str, Any]], batch: int = 8) -> np.ndarray:
     """Diffusion-space latents (N, window_frames, latent_dim) float32 of ``rows``, cached in
     ``<out>/latents_train.npy`` with the clip ids and a fingerprint of the VAE in ``latents_train.json``."""
     npy, meta = run.out / "latents_train.npy", run.out / "latents_train.json"
-    key = {"ids": [r["id"] for r in rows], "vae": round(sum(float(p.double().sum()) for p in vae.parameters()), 6)}
+    key = {"ids": [r["id"] for r in rows], "vae": vae_fingerprint(vae)}
     if npy.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
         return np.load(npy)
     samples = round(run.cfg.window_seconds * run.cfg.sample_rate)
