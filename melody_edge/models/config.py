@@ -282,9 +282,11 @@ def _tiny() -> ModelConfig:
     # guidance 1: the decoder's log-magnitude is linear in the latents, and CFG 2.5 pushes them past the data's
     # range into loud, clipped audio (test RMS 0.52 vs 0.10 real). lm_guidance 3: chosen on the valid split
     # among 1/3/5/8 by key match (0.08/0.17/0.08/0.00). MODEL_CARD.md has both comparisons.
-    # controls: vocab 768 = 64 base codes x 12 rotations (transposition-equivariant tokens, key set by rotation)
+    # controls: vocab 768 = 64 base codes x 12 rotations (transposition-equivariant tokens, key set by rotation);
+    # the DPD hears the asked family and key too (trained on a GPU from the latents: training/gpu_dpd.sh)
     return ModelConfig(name="tiny", lm=LMConfig(vocab_size=768, dropout=0.1),
-                       dpd=DPDConfig(sem_vocab=768, token_features=24), controls=ControlConfig(enabled=True),
+                       dpd=DPDConfig(sem_vocab=768, token_features=24, n_families=9, n_keys=24),
+                       controls=ControlConfig(enabled=True),
                        guidance=1.0, lm_guidance=3.0)
 
 

@@ -173,7 +173,7 @@ def test_a_checkpoint_folder_serves_as_the_preset(tmp_path):
 
     assert preset_config("debug") == get_config("debug")
     cfg = get_config("tiny")
-    assert not cfg.dpd.controlled  # the shipped networks
+    assert cfg.dpd.controlled  # the shipped networks: the DPD hears the asked family and key
     folder = tmp_path / "ctl"
     MeLoDy(get_config("debug")).save(folder)
     assert preset_config(str(folder)) == get_config("debug")
