@@ -3,12 +3,12 @@
 Exports the six graphs of ``conversion.graphs`` (text encoder = MiniLM + the LM's conditioner, LM prefill, LM decode
 step that reads the KV cache and returns the new keys/values, DPD denoiser, VAE decoder and encoder, whose DFT
 kernels are computed in-graph), quantizes (int8: dynamic, per-channel QUInt8 weights, the AVX2-safe recipe of
-DEPENDENCIES.md, plus int8 storage of the VAE's conv weights, the DPD kept float32 (``FLOAT32_AT_INT8``); fp16: for CUDA/Core ML, checked here on the CPU
-provider), stores the weights the two LM graphs share once (``lm_weights.bin``), runs onnxruntime's mobile
-usability checker per graph (``conversion.providers``), all in a staging folder next to ``--out``; there it runs
-the parity gate against torch, records the gate in ``manifest.json`` (and ``parity.json``), and only then replaces
-``--out`` whole. A failed gate leaves ``--out`` as it was, puts the failed bundle at ``<out>.failed`` for
-inspection and raises ``ParityError``.
+DEPENDENCIES.md, plus int8 storage of the VAE's conv weights, the DPD kept float32 (``FLOAT32_AT_INT8``); fp16: for
+CUDA/Core ML, checked here on the CPU provider), stores the weights the two LM graphs share once
+(``lm_weights.bin``), runs onnxruntime's mobile usability checker per graph (``conversion.providers``), all in a
+staging folder next to ``--out``; there it runs the parity gate against torch, records the gate in
+``manifest.json`` (and ``parity.json``), and only then replaces ``--out`` whole. A failed gate leaves ``--out`` as
+it was, puts the failed bundle at ``<out>.failed`` for inspection and raises ``ParityError``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 #
 # Here (2 cores): python -m training.latent_pack pack --data data/music --checkpoint checkpoints/ctl8 --clips 5000 \
 #                     --out .gpu/pack          (.gpu/ in .git/info/exclude; the pack is about 59 MB)
-# There:          PYTHON=python3 DEVICE=cuda:0 PACK=.gpu/pack RESULT=$OUT bash training/gpu_dpd.sh   (carry .gpu)
+# There:          PYTHON=python3 PACK=.gpu/pack RESULT=$OUT bash training/gpu_dpd.sh   (carry .gpu)
 #                 Measured on an H200: unpacking 5,000 clips takes 95 s; the teacher runs about 22 steps/s at batch 96
 #                 (5,320 steps in TRAIN_MIN=4). The whole working tree travels: leave the bundles out of it
 #                 (git rm --cached + .git/info/exclude) to stay under the 64 MiB a call carries.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 PACK=${PACK:-.gpu/pack} PY=${PYTHON:-python}
 RESULT=${RESULT:?set RESULT to the folder the DPDs are written to}
 WORK=${WORK:-/tmp/gpu_dpd}
-DEVICE=${DEVICE:-cuda}
+DEVICE=${DEVICE:-cuda:0}  # an index: Run calls torch.cuda.set_device
 TRAIN_MIN=${TRAIN_MIN:-5} TRAIN_STEPS=${TRAIN_STEPS:-20000} BATCH=${BATCH:-96} LR=${LR:-5e-4}
 DISTILL_MIN=${DISTILL_MIN:-2.5} DISTILL_STEPS=${DISTILL_STEPS:-6000} DISTILL_BATCH=${DISTILL_BATCH:-64}
 DISTILL_LR=${DISTILL_LR:-1e-4} EVAL_EVERY=${EVAL_EVERY:-400}
