@@ -57,6 +57,9 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
     p.add_argument("--metre", "--meter", dest="metre", default=None, help='time signature such as "3/4" or "6/8"')
     p.add_argument("--instrument", default=None,
                    help="instrument or family (piano, organ, strings, fiddle, brass, flute, choir, ...)")
+    p.add_argument("--key-strength", type=float, default=None,
+                   help="with a key asked: how strongly each sampled semantic token is pulled into the key (0-20; "
+                        "0 = off; default: the generator's KEY_STRENGTH)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -93,7 +96,7 @@ class _Bar:
 def _kwargs(a: argparse.Namespace) -> dict:
     return {"seed": a.seed, "steps": a.steps, "guidance": a.guidance, "lm_guidance": a.lm_guidance,
             "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "key": a.key, "bpm": a.bpm,
-            "metre": a.metre, "instrument": a.instrument}
+            "metre": a.metre, "instrument": a.instrument, "key_strength": a.key_strength}
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:

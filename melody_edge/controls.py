@@ -459,6 +459,27 @@ def key_fit(chroma, mode: str | None) -> float:
     return _best_tonic(chroma, mode)[0]
 
 
+def key_token_bias(chroma, tonic: int, mode: str | None):
+    """How well each semantic token's pitch content sits in the key (``tonic``, ``mode``; None = major): for each row
+    of ``chroma`` (V tokens x 12 pitch classes, C first) its Pearson correlation with that key's profile, averaged
+    over ``KEY_PROFILES``; (V,) float32 in -1..1, 0 for a token of flat chroma (a drum hit, silence). The generator
+    adds ``key_strength`` times this to the LM's logits (``Generator.generate``): a soft pull of every sampled
+    token towards the key, which the draft choice and key alignment (by the whole window's chroma) cannot give."""
+    import numpy as np
+
+    c = np.asarray(chroma, dtype=np.float64).reshape(-1, 12)
+    c = c - c.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    c = np.divide(c, norm, out=np.zeros_like(c), where=norm > 1e-12)
+    i = 1 if mode == "minor" else 0
+    out = np.zeros(len(c))
+    for profiles in KEY_PROFILES.values():
+        p = np.asarray(profiles[i], np.float64)
+        p = np.roll((p - p.mean()) / np.linalg.norm(p - p.mean()), int(tonic) % 12)
+        out += c @ p / len(KEY_PROFILES)
+    return out.astype(np.float32)
+
+
 def estimate_key(chroma) -> tuple[int, str]:
     """Key (tonic, mode) of a 12-bin chroma profile by correlation with the Krumhansl-Kessler profiles."""
     import numpy as np

@@ -34,6 +34,7 @@ from melody_edge.controls import (
     estimate_key,
     key_fit,
     key_rotation,
+    key_token_bias,
     resolve,
     vocabulary,
 )
@@ -89,6 +90,7 @@ class _Settings:
     lm_guidance: float
     temperature: float
     key_candidates: int
+    key_strength: float
     top_k: int | None
     top_p: float | None
     schedule: str
@@ -114,6 +116,11 @@ DPD_CONTEXT_CHUNKS = 1
 # best (``Generator._lm``, ``controls.key_fit``), DRAFT_WORKERS drafts at once
 KEY_CANDIDATES = 2  # 4 measured +5 points key, -6 instrument, at a second wave of drafts on 2 cores
 MAX_KEY_CANDIDATES = 16
+# With a key asked, the LM's logits get KEY_STRENGTH times each token's fit to the key (``controls.key_token_bias``:
+# its chroma's correlation with the key's profiles, -1..1) at every step of every window: key guidance on the
+# tokens, as classifier guidance is on diffusion. 0 = off
+KEY_STRENGTH = 0.0
+MAX_KEY_STRENGTH = 20.0
 # With an instrument asked too (and a tokenizer with a family head), a draft's score adds FAMILY_WEIGHT times the
 # head's log-probability of that family (``SemanticTokenizer.family_logprobs``) to its key fit (``_draft_score``)
 FAMILY_WEIGHT = 0.05
@@ -281,7 +288,8 @@ class Generator:
                  read_controls: bool = True, steps: int | None = None,
                  guidance: float | None = None, lm_guidance: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
-                 key_candidates: int | None = None, progress: Progress | None = None) -> Audio:
+                 key_candidates: int | None = None, key_strength: float | None = None,
+                 progress: Progress | None = None) -> Audio:
         """Generate ``seconds`` of music from a text prompt.
 
         Args:
@@ -301,6 +309,9 @@ class Generator:
                 which is then transposed to the key; with an instrument asked too, or alone, and a tokenizer with a
                 family head, the draft's family log-probability counts as well (``_draft_score``) (default
                 ``KEY_CANDIDATES``; 1 = no drafts, the fastest).
+            key_strength: with a key asked, how strongly every semantic token the LM samples is pulled towards
+                the key: ``key_strength`` times the token's fit to the key (``controls.key_token_bias``, -1..1) is
+                added to its logit (default ``KEY_STRENGTH``; 0 = off, 0-20).
             progress: optional callback ``(stage, done, total)``.
 
         Returns:
@@ -310,7 +321,7 @@ class Generator:
         _check_args(prompt, seed, top_k, top_p, progress, schedule)
         seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
-                                  key_candidates)
+                                  key_candidates, key_strength)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         stats = GenerationStats()
@@ -336,7 +347,7 @@ class Generator:
                read_controls: bool = True, steps: int | None = None, guidance: float | None = None,
                lm_guidance: float | None = None,
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-               schedule: str = "paper", key_candidates: int | None = None,
+               schedule: str = "paper", key_candidates: int | None = None, key_strength: float | None = None,
                progress: Progress | None = None) -> Stream:
         """Yield music chunk by chunk (``chunk_seconds`` each; the first is 40 ms shorter, since each chunk's last
         40 ms wait to be crossfaded into the next (``JOIN_CROSSFADE_TOKENS``); the last one of a bounded stream takes
@@ -353,7 +364,7 @@ class Generator:
         if seconds is not None:
             seconds = _check_seconds(seconds, None)
         settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
-                                  key_candidates)
+                                  key_candidates, key_strength)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         return Stream(self, text, ctl, seconds, settings, seed, progress)
@@ -363,7 +374,8 @@ class Generator:
                        instrument: str | None = None, read_controls: bool = True,
                        steps: int | None = None, guidance: float | None = None, lm_guidance: float | None = None,
                        temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                       schedule: str = "paper", progress: Progress | None = None) -> Audio:
+                       schedule: str = "paper", key_strength: float | None = None,
+                       progress: Progress | None = None) -> Audio:
         """Continue ``audio`` for ``seconds`` more, following ``prompt``. Returns the prompt audio (trimmed to whole
         40 ms token frames; its last 40 ms crossfade into the continuation, as every segment join does) followed by
         the continuation. The prompt is encoded by the VAE and tokenized by the
@@ -375,7 +387,8 @@ class Generator:
         if not isinstance(audio, Audio):
             raise InvalidInputError(f"audio must be a melody_edge.Audio, got {type(audio).__name__}")
         seconds = _check_seconds(seconds, MAX_GENERATE_SECONDS)
-        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
+                                  key_strength=key_strength)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         x = self._audio_input(audio, "continue")
@@ -408,7 +421,7 @@ class Generator:
                 instrument: str | None = None, read_controls: bool = True, steps: int | None = None,
                 guidance: float | None = None, lm_guidance: float | None = None, temperature: float | None = None,
                 top_k: int | None = None, top_p: float | None = None, schedule: str = "paper",
-                progress: Progress | None = None) -> Audio:
+                key_strength: float | None = None, progress: Progress | None = None) -> Audio:
         """Regenerate ``audio`` from ``start`` to ``end`` seconds following ``prompt``; the audio around the region
         is kept (MeLoDy's per-chunk angles: the known frames on both sides stay at angle 0 while the region's frames
         are denoised from pi/2, so the DPD fits the new music between them).
@@ -436,7 +449,8 @@ class Generator:
         """
         _check_args(prompt, seed, top_k, top_p, progress, schedule)
         _check_audio_prompt(audio, self.config.sample_rate)
-        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule)
+        settings = self._settings(steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
+                                  key_strength=key_strength)
         text = clean_prompt(prompt)
         ctl = self.controls(text, key=key, bpm=bpm, metre=metre, instrument=instrument, read_controls=read_controls)
         x = self._audio_input(audio, "inpaint")
@@ -467,7 +481,8 @@ class Generator:
         beat = None
         if c.controls.enabled:
             beat = beat_features(left + n, w0, ctl.bpm, c.controls.beat_harmonics, c.token_rate)
-        new = self._lm(prefix, kept, n, settings, rng, stats, progress, beat)
+        bias = self._key_bias(ctl, 0 if rotate else ctl.tonic, settings.key_strength)  # rotate: the LM writes in C
+        new = self._lm(prefix, kept, n, settings, rng, stats, progress, beat, bias=bias)
         tokens[left:left + n] = rotate_tokens(new, tonic) if rotate else new
         z = self._dpd(tokens, z[: left * fpt], n * fpt, settings, rng, stats, progress, ctl,
                       right_z=z[(left + n) * fpt:])
@@ -500,7 +515,7 @@ class Generator:
         return audio.resample(self.config.sample_rate).samples
 
     def _settings(self, steps, guidance, lm_guidance, temperature, top_k, top_p, schedule,
-                  key_candidates: int | None = None) -> _Settings:
+                  key_candidates: int | None = None, key_strength: float | None = None) -> _Settings:
         steps = self.config.dpd_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
             raise InvalidInputError(f"steps must be an integer in [1, 1000], got {steps!r}")
@@ -516,12 +531,28 @@ class Generator:
                 or not 1 <= key_candidates <= MAX_KEY_CANDIDATES):
             raise InvalidInputError(f"key_candidates must be an integer in [1, {MAX_KEY_CANDIDATES}], got "
                                     f"{key_candidates!r}")
+        key_strength = KEY_STRENGTH if key_strength is None else key_strength
+        if (isinstance(key_strength, bool) or not isinstance(key_strength, (int, float, np.integer, np.floating))
+                or not 0 <= key_strength <= MAX_KEY_STRENGTH):
+            raise InvalidInputError(f"key_strength must be a number in [0, {MAX_KEY_STRENGTH:g}], got {key_strength!r}")
         return _Settings(int(steps), float(guidance), float(lm_guidance), float(temperature), int(key_candidates),
-                         top_k, top_p, schedule)
+                         float(key_strength), top_k, top_p, schedule)
 
     def _text_tokenizer(self) -> TextTokenizer:
         path = getattr(self.backend, "text_tokenizer_path", None)
         return _tokenizer_at(str(path)) if path else default_tokenizer()
+
+    def _key_bias(self, controls: Controls, lm_tonic: int | None, strength: float) -> np.ndarray | None:
+        """``strength`` x each token's fit to the asked mode at ``lm_tonic`` (the asked key as the LM writes it: the
+        asked tonic, or for a transposing model the tonic before its rotation), padded with zeros to the LM's
+        vocabulary; None with no key asked, strength 0 or no semantic tokenizer."""
+        tok = self.backend.semantic_tokenizer
+        if not strength or lm_tonic is None or controls.tonic is None or tok is None:
+            return None
+        fit = key_token_bias(tok.token_features()[:, :12], lm_tonic, controls.mode)
+        out = np.zeros(max(self.config.lm.vocab_size, len(fit)), np.float32)
+        out[: len(fit)] = strength * fit
+        return out
 
     def _tonic_of(self, tokens: np.ndarray) -> int:
         """Tonic of semantic tokens: Krumhansl-Kessler on the mean chroma of the tokens' feature vectors."""
@@ -545,12 +576,14 @@ class Generator:
         return prefix
 
     def _lm(self, prefix, kept: np.ndarray, n_new: int, s: _Settings, rng, stats, progress,
-            beat: np.ndarray | None = None, fit: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
+            beat: np.ndarray | None = None, fit: Callable[[np.ndarray], float] | None = None,
+            bias: np.ndarray | None = None) -> np.ndarray:
         # phase 2: prefill with the kept tokens, then one decode step per new token (n_new passes in all);
         # beat (len(kept) + n_new, F): the beat clock of every token (the CFG null row gets none).
         # fit (a score of tokens, higher = better) with s.key_candidates > 1: the LM writes the segment that many
         # times (drafts, each with its own random stream spawned from rng and its own cache, DRAFT_WORKERS at once
-        # where the backend allows) and the draft that scores best is kept
+        # where the backend allows) and the draft that scores best is kept; bias (V,) is added to every step's
+        # logits after CFG (key guidance, ``_key_bias``)
         t0 = time.perf_counter()
         B = prefix.shape[0]
         if beat is not None:
@@ -573,6 +606,8 @@ class Generator:
                         logits, cache = self.backend.lm_step(token, pos, cache)
                     pos += 1
                 lg = apply_cfg(logits[:1], logits[1:], s.lm_guidance) if B == 2 else logits
+                if bias is not None:
+                    lg = lg + bias[: lg.shape[-1]]
                 out[i] = sample_token(lg, r, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)[0]
                 if report:
                     report("lm", i + 1, n_new)
@@ -680,7 +715,13 @@ class Generator:
             tok = self.backend.semantic_tokenizer  # its token features give the tokens' chroma
             in_key = rotate and not len(kept_tok) and controls.tonic is not None and tok is not None
             fit = _draft_score(tok, controls, in_key) if not len(kept_tok) and tok is not None else None
-            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat, fit)
+            # the key as the LM writes it: for a transposing model the asked tonic less the rotation its tokens get
+            # (C in the first window, whose rotation is chosen after it)
+            lm_tonic = controls.tonic
+            if rotate and lm_tonic is not None:
+                lm_tonic = (lm_tonic - state["tonic"]) % 12
+            bias = self._key_bias(controls, lm_tonic, s.key_strength)
+            new_tok = self._lm(prefix, kept_tok, n_tok, s, rng, stats, progress, beat, fit, bias)
             if in_key:
                 # the first window of a song in an asked key: rotate the LM's tokens so that their pitch content
                 # fits that key. The LM writes "in C" only as nearly as it learned to (its own tokens' chroma most

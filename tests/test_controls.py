@@ -21,6 +21,7 @@ from melody_edge.controls import (
     estimate_key,
     key_fit,
     key_rotation,
+    key_token_bias,
     parse_controls,
     resolve,
 )
@@ -388,6 +389,61 @@ def test_a_model_without_a_semantic_tokenizer_rotates_to_the_asked_tonic_without
     monkeypatch.setattr(gen.backend, "semantic_tokenizer", None)  # e.g. random weights: no token features
     audio = gen.generate("a piece", seconds=0.7, seed=0, key="D minor", steps=1, key_candidates=3)
     assert audio.stats.passes["lm"] == 18 and audio.controls.key == "D minor"
+
+
+@pytest.mark.parametrize("tonic", [0, 3, 10])
+def test_key_token_bias_scores_each_tokens_pitch_content_against_the_key(tonic: int) -> None:
+    scale = np.zeros(12)
+    scale[[0, 2, 4, 5, 7, 9, 11]] = 1.0
+    tokens = np.stack([np.roll(scale, tonic),  # the scale of the key
+                       np.roll(scale, tonic + 6),  # a tritone away: the fewest shared notes
+                       np.roll(np.eye(12)[0], tonic),  # the tonic alone
+                       np.roll(np.eye(12)[0], tonic + 1),  # the semitone above it
+                       np.ones(12), np.zeros(12)])  # flat: no pitch content
+    b = key_token_bias(tokens, tonic, "major")
+    assert b.shape == (6,) and b.dtype == np.float32 and np.all(np.abs(b) <= 1.0 + 1e-6)
+    assert b[0] > 0.5 > b[1] and b[2] > 0 > b[3] and b[4] == 0.0 and b[5] == 0.0
+    # transposing the tokens and the key together changes nothing; the minor profile reads minor music better
+    np.testing.assert_allclose(key_token_bias(np.roll(tokens, 5, axis=1), tonic + 5, "major"), b, atol=1e-6)
+    minor = np.roll(np.array(KEY_PROFILES["aarden-essen"][1]), tonic)[None]
+    assert key_token_bias(minor, tonic, "minor")[0] > key_token_bias(minor, tonic, "major")[0]
+    np.testing.assert_array_equal(key_token_bias(tokens, tonic, None), b)  # no mode: major
+
+
+def test_key_strength_pulls_the_lms_tokens_into_the_asked_key(gen: Generator, monkeypatch) -> None:
+    feats = gen.backend.semantic_tokenizer.token_features()[:, :12]
+    asked = []
+    real_bias = gen._key_bias
+    monkeypatch.setattr(gen, "_key_bias", lambda c, t, s: (asked.append((t, s)), real_bias(c, t, s))[1])
+    made = []
+    real_lm = gen._lm
+    monkeypatch.setattr(gen, "_lm", lambda *a, **k: (made.append(real_lm(*a, **k)), made[-1])[1])
+
+    def fit(**kw):
+        gen.generate("a piece", seconds=2.0, seed=0, key="D minor", steps=1, key_candidates=1, **kw)
+        return float(key_token_bias(feats, 0, "minor")[made[-1]].mean())  # the LM writes in C (transposing)
+
+    off, on = fit(key_strength=0.0), fit(key_strength=8.0)
+    assert on > off + 0.1
+    assert asked[-1] == (0, 8.0)  # the first window: the key as the LM writes it, C minor
+    # 0 = the plain LM (no bias at all), the same tokens as before key guidance existed
+    assert real_bias(gen.controls("a piece", key="D minor"), 0, 0.0) is None
+    assert real_bias(gen.controls("a piece"), None, 8.0) is None  # no key asked: nothing to pull towards
+    b = real_bias(gen.controls("a piece", key="D minor"), 0, 2.0)
+    assert b.shape == (gen.config.lm.vocab_size,)
+    np.testing.assert_allclose(b[: len(feats)], 2.0 * key_token_bias(feats, 0, "minor"), rtol=1e-6)
+    # a longer song keeps the key as its first window was rotated into it in later windows
+    c = gen.config
+    gen.generate("a piece", seconds=(c.window_tokens + c.chunk_tokens) / c.token_rate, seed=1, key="D minor",
+                 steps=1, key_candidates=1, key_strength=4.0)
+    first = key_rotation(gen.backend.semantic_tokenizer.token_features()[made[-2]][:, :12].mean(axis=0), 2, "minor")
+    assert asked[-2] == (0, 4.0) and asked[-1] == ((2 - first) % 12, 4.0)
+
+
+@pytest.mark.parametrize("bad", [-1, 21, float("nan"), True, "4"])
+def test_key_strength_is_checked(gen: Generator, bad) -> None:
+    with pytest.raises(InvalidInputError, match="key_strength"):
+        gen.generate("a piece", seconds=0.5, key="A minor", key_strength=bad)
 
 
 @pytest.mark.parametrize("bad", [0, 17, 2.5, True, "4"])

@@ -464,7 +464,7 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
              classifier_cache: Path | None = None, classifier_split: str = "train", classifier_clips: int = 1500,
              classifier_test_clips: int = 400, rows: Sequence[str] | None = None, classifier_seed: int = 0,
              temperature: float | None = None, top_k: int | None = None,
-             key_candidates: int | None = None) -> dict[str, Any]:
+             key_candidates: int | None = None, key_strength: float | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return the report (see ``main`` for the keys).
 
     ``model``: a bundle folder or ``"tiny"`` (``backend="auto"``: what ``Generator()`` users get) or a torch
@@ -491,7 +491,8 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
     sr = gen.sample_rate
     settings = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("lm_guidance", lm_guidance),
                                   ("temperature", temperature), ("top_k", top_k),
-                                  ("key_candidates", key_candidates)) if v is not None}
+                                  ("key_candidates", key_candidates), ("key_strength", key_strength))
+                if v is not None}
     samples = round(seconds * sr)
 
     clf = instruments.train(data, split=classifier_split, max_clips=classifier_clips, seed=classifier_seed,
@@ -559,7 +560,7 @@ def evaluate(model: str | Path, data: Path, split: str = "test", *, backend: str
               "guidance": cfg.guidance if guidance is None else guidance,
               "lm_guidance": cfg.lm_guidance if lm_guidance is None else lm_guidance, "seed": seed,
               "classifier_seed": classifier_seed, "temperature": temperature, "top_k": top_k,
-              "key_candidates": key_candidates,
+              "key_candidates": key_candidates, "key_strength": key_strength,
               "sample_rate": sr, "controls_api": api,
               "rows": selected, "threads": _threads(),
               "clip_ids": [it.id for it in items],
@@ -658,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--top-k", type=int, default=None, help="LM top-k sampling (default: none)")
     p.add_argument("--key-candidates", type=int, default=None,
                    help="first-window LM drafts scored by their fit to the asked key (default: the API's)")
+    p.add_argument("--key-strength", type=float, default=None,
+                   help="key guidance on the LM's tokens (default: the API's)")
     p.add_argument("--no-random", action="store_true", help="skip the random-weights rows")
     p.add_argument("--rows", default=None,
                    help=f"comma-separated rows to run (of {','.join(SELECTABLE)}; default: all), e.g. text_only")
@@ -688,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       classifier_clips=args.classifier_clips, classifier_test_clips=args.classifier_test_clips,
                       rows=None if args.rows is None else [r for r in args.rows.split(",") if r],
                       classifier_seed=args.classifier_seed, temperature=args.temperature, top_k=args.top_k,
-                      key_candidates=args.key_candidates)
+                      key_candidates=args.key_candidates, key_strength=args.key_strength)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
     table = markdown(report)

@@ -6,10 +6,10 @@ better. This scores the same generations with three other published profile sets
 Temperley-Kostka-Payne and Bellman-Budge weightings) on the same CQT chroma: a gain that holds under all of them is
 a gain in key, not in one estimator.
 
-``python -m training.key_profiles --row NAME BUNDLE KEY_CANDIDATES ALIGN ... --data data/music --seeds 0 --out F.md``:
-the free-form prompts at their evaluation seeds, text only, 10 s, each bundle at its defaults but
-``key_candidates`` and (ALIGN 0) without the key alignment (the runtime's tonic from C, as before it existed); real
-test clips through the same estimators as the ceiling.
+``python -m training.key_profiles --row NAME BUNDLE KEY_CANDIDATES ALIGN [KEY_STRENGTH] ... --data data/music --seeds 0
+--out F.md``: the free-form prompts at their evaluation seeds, text only, 10 s, each bundle at its defaults but
+``key_candidates``, (ALIGN 0) without the key alignment (the runtime's tonic from C, as before it existed) and
+``key_strength`` where given; real test clips through the same estimators as the ceiling (``--n-real 0``: none).
 """
 
 from __future__ import annotations
@@ -64,37 +64,44 @@ def score(chromas: list[np.ndarray | None], labels: list[tuple[int, str] | None]
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--row", nargs=4, action="append", required=True, metavar=("NAME", "BUNDLE", "K", "ALIGN"),
-                   help="a row: its name, bundle folder or 'tiny', key_candidates, 1/0 key alignment on/off")
+    p.add_argument("--row", nargs="+", action="append", required=True,
+                   metavar="NAME BUNDLE K ALIGN [STRENGTH]",
+                   help="a row: its name, bundle folder or 'tiny', key_candidates, 1/0 key alignment on/off and "
+                        "optionally key_strength (default: the API's)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--n-real", type=int, default=40, help="real test clips (the estimators' ceiling)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
+    for row in a.row:
+        if len(row) not in (4, 5):
+            p.error(f"--row takes NAME BUNDLE K ALIGN [STRENGTH], got {row}")
     items = prompt_items(load_prompts(DEFAULT_PROMPTS))
     labels = [(it.label.tonic, it.label.mode) if it.label.tonic is not None else None for it in items]
     result = {"profiles": list(PROFILES), "seeds": a.seeds, "n_prompts": len(items), "rows": {}}
     import melody_edge.generator as generator
 
     aligned = generator.key_rotation
-    for name, bundle, k, align in a.row:
+    for name, bundle, k, align, *strength in a.row:
+        extra = {"key_strength": float(strength[0])} if strength else {}
         generator.key_rotation = aligned if align == "1" else (lambda chroma, tonic, mode: tonic)
         gen = Generator(bundle)
         chromas, labs = [], []
         for seed in a.seeds:
             for i, it in enumerate(items):
                 audio = gen.generate(it.prompt, 10.0, seed=seed * 100_003 + 50_000 + i,  # evaluate's item seeds
-                                     key_candidates=int(k))
+                                     key_candidates=int(k), **extra)
                 chromas.append(chroma_of(audio.samples, gen.sample_rate))
                 labs.append(labels[i])
         result["rows"][name] = score(chromas, labs)
         print(name, result["rows"][name], flush=True)
     generator.key_rotation = aligned
-    rows = pick_rows(load_split(a.data, "test"), a.n_real, 0)
+    rows = pick_rows(load_split(a.data, "test"), a.n_real, 0) if a.n_real else []
     real = [chroma_of(load_clip(Path(a.data) / r["path"], 24_000, 240_000), 24_000) for r in rows]
     real_labels = [(c.tonic, c.mode) if c.tonic is not None else None
                    for c in (controls_of(r["metadata"]) for r in rows)]
-    result["rows"][f"real test clips ({len(rows)})"] = score(real, real_labels)
+    if rows:
+        result["rows"][f"real test clips ({len(rows)})"] = score(real, real_labels)
     lines = ["# Key adherence under four key-profile sets", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              f"Free-form prompts: {len(items)} x seeds {a.seeds}; exact key (tonic and mode).", "",
              "| model | " + " | ".join(PROFILES) + " |", "|---" * (len(PROFILES) + 1) + "|"]
