@@ -41,6 +41,8 @@ class _Tokens:
 
         self.n_features = 12 + 3  # chroma first, as ``SemanticTokenizer.token_features`` (values are not used)
         self.vocab = cfg.lm.vocab_size
+        # transposition-equivariant ids (base x 12) where the model rotates keys: key guidance then works per base code
+        self.rotations = 12 if cfg.controls.enabled and cfg.controls.key_rotation else 1
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         return np.zeros(-(-len(audio) // self.spt), np.int64)

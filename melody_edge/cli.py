@@ -59,7 +59,7 @@ def _sampling_args(p: argparse.ArgumentParser, stdout: bool = False) -> None:
                    help="instrument or family (piano, organ, strings, fiddle, brass, flute, choir, ...)")
     p.add_argument("--key-strength", type=float, default=None,
                    help="with a key asked: how strongly each sampled semantic token is pulled into the key (0-20; "
-                        "0 = off; default: the generator's KEY_STRENGTH)")
+                        "within each base code's transpositions; 0 = off; default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

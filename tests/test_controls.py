@@ -403,10 +403,15 @@ def test_key_token_bias_scores_each_tokens_pitch_content_against_the_key(tonic: 
     b = key_token_bias(tokens, tonic, "major")
     assert b.shape == (6,) and b.dtype == np.float32 and np.all(np.abs(b) <= 1.0 + 1e-6)
     assert b[0] > 0.5 > b[1] and b[2] > 0 > b[3] and b[4] == 0.0 and b[5] == 0.0
-    # transposing the tokens and the key together changes nothing; the minor profile reads minor music better
+    # transposing the tokens and the key together changes nothing; the minor scale reads minor music better
     np.testing.assert_allclose(key_token_bias(np.roll(tokens, 5, axis=1), tonic + 5, "major"), b, atol=1e-6)
     minor = np.roll(np.array(KEY_PROFILES["aarden-essen"][1]), tonic)[None]
     assert key_token_bias(minor, tonic, "minor")[0] > key_token_bias(minor, tonic, "major")[0]
+    # a scale, not a profile: the dominant and subdominant chords sit in the key as well as the tonic chord does
+    triads = np.stack([np.roll(np.eye(12)[[0, 4, 7]].sum(0), tonic + r) for r in (0, 7, 5, 1)])  # I, V, IV, bII
+    t = key_token_bias(triads, tonic, "major")
+    np.testing.assert_allclose(t[1:3], t[0], atol=1e-6)
+    assert t[0] > 0 > t[3]
     np.testing.assert_array_equal(key_token_bias(tokens, tonic, None), b)  # no mode: major
 
 

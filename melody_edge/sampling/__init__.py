@@ -10,7 +10,7 @@ from melody_edge.sampling.diffusion import (
     uniform_schedule,
     v_target,
 )
-from melody_edge.sampling.lm import apply_cfg, greedy, sample_token
+from melody_edge.sampling.lm import apply_cfg, greedy, guide_within_groups, sample_token
 
 __all__ = [
     "Denoiser",
@@ -19,6 +19,7 @@ __all__ = [
     "apply_cfg",
     "get_schedule",
     "greedy",
+    "guide_within_groups",
     "paper_schedule",
     "sample",
     "sample_token",

@@ -15,6 +15,28 @@ def apply_cfg(cond_logits: np.ndarray, uncond_logits: np.ndarray, scale: float) 
     return cond_logits + (scale - 1.0) * (cond_logits - uncond_logits)
 
 
+def guide_within_groups(logits: np.ndarray, bias: np.ndarray, group: int, temperature: float = 1.0) -> np.ndarray:
+    """Add ``bias`` (V,) to ``logits`` (B, V) inside each group of ``group`` consecutive ids only: every group's total
+    probability after ``temperature`` stays what ``logits`` gave it, and within the group the bias reweights its
+    members. For transposition-equivariant semantic tokens (id = base * 12 + rotation, ``group`` 12) a key bias then
+    chooses which transposition of a base code is drawn, never which base code: the pitch content moves into the
+    key, the texture and timbre the base codes carry keep the LM's distribution. ``group`` 1 returns ``logits``;
+    ids past the last whole group and groups with no finite logit are left as they are."""
+    _check_logits(logits)
+    if group <= 1:
+        return logits
+    n = (logits.shape[-1] // group) * group
+    b = np.asarray(bias, np.float64)[:n].reshape(-1, group)
+    y = logits[:, :n].astype(np.float64).reshape(len(logits), -1, group) / temperature
+    with np.errstate(invalid="ignore", divide="ignore"):
+        before = np.logaddexp.reduce(y, axis=-1, keepdims=True)
+        after = np.logaddexp.reduce(y + b, axis=-1, keepdims=True)
+        g = np.where(np.isfinite(before), y + b - after + before, y)
+    out = logits.astype(np.float64, copy=True)
+    out[:, :n] = g.reshape(len(logits), n) * temperature
+    return out.astype(logits.dtype)
+
+
 def greedy(logits: np.ndarray) -> np.ndarray:
     """The most likely token of each row of ``logits`` (B, V), as int64 (B,)."""
     _check_logits(logits)

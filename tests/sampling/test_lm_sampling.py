@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from melody_edge.errors import InvalidInputError
-from melody_edge.sampling import apply_cfg, greedy, sample_token
+from melody_edge.sampling import apply_cfg, greedy, guide_within_groups, sample_token
 
 
 def _logits(seed: int = 0, batch: int = 64, vocab: int = 50) -> np.ndarray:
@@ -132,3 +132,31 @@ def test_invalid_logits_raise(logits: np.ndarray) -> None:
         sample_token(logits, np.random.default_rng(0))
     with pytest.raises(InvalidInputError, match="logits"):
         greedy(logits)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_guide_within_groups_keeps_each_groups_mass_and_reweights_inside_it(temperature: float) -> None:
+    logits = _logits(batch=3, vocab=50)  # 4 groups of 12 and 2 ids past the last group
+    bias = np.random.default_rng(1).normal(0.0, 3.0, 50)
+    out = guide_within_groups(logits, bias, 12, temperature)
+
+    def probs(x: np.ndarray) -> np.ndarray:
+        p = np.exp((x - x.max(axis=-1, keepdims=True)) / temperature)
+        return p / p.sum(axis=-1, keepdims=True)
+
+    p, q = probs(logits.astype(np.float64)), probs(out.astype(np.float64))
+    np.testing.assert_allclose(q[:, :48].reshape(3, 4, 12).sum(-1), p[:, :48].reshape(3, 4, 12).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(q[:, 48:], p[:, 48:], rtol=1e-5)  # past the last group: untouched
+    # inside a group the ratio of two members moves by exactly their bias difference (at the temperature)
+    ratio = (np.log(q[:, 1]) - np.log(q[:, 0])) - (np.log(p[:, 1]) - np.log(p[:, 0]))
+    np.testing.assert_allclose(ratio, bias[1] - bias[0], rtol=1e-4)
+    assert guide_within_groups(logits, bias, 1) is logits
+
+
+def test_guide_within_groups_leaves_a_masked_group_masked() -> None:
+    logits = _logits(batch=1, vocab=24)
+    logits[0, 12:] = -np.inf  # a whole group filtered out
+    logits[0, 3] = -np.inf  # and one member of the other
+    out = guide_within_groups(logits, np.ones(24), 12)
+    assert np.isneginf(out[0, 12:]).all() and np.isneginf(out[0, 3])
+    assert np.isfinite(np.delete(out[0, :12], 3)).all()
