@@ -25,15 +25,17 @@ def guide_within_groups(logits: np.ndarray, bias: np.ndarray, group: int, temper
     _check_logits(logits)
     if group <= 1:
         return logits
-    n = (logits.shape[-1] // group) * group
-    b = np.asarray(bias, np.float64)[:n].reshape(-1, group)
-    y = logits[:, :n].astype(np.float64).reshape(len(logits), -1, group) / temperature
-    with np.errstate(invalid="ignore", divide="ignore"):
-        before = np.logaddexp.reduce(y, axis=-1, keepdims=True)
-        after = np.logaddexp.reduce(y + b, axis=-1, keepdims=True)
-        g = np.where(np.isfinite(before), y + b - after + before, y)
+    B, n = len(logits), (logits.shape[-1] // group) * group
+    b = np.asarray(bias, np.float64)[:n].reshape(1, -1, group)
+    y = logits[:, :n].reshape(B, -1, group) / temperature  # float64 from here (the division promotes float32 rows)
+    m = y.max(axis=-1, keepdims=True)
+    ok = np.isfinite(m)  # groups with no finite logit stay as they are
+    e = np.exp(y - np.where(ok, m, 0.0))  # 0 for -inf members
+    # y + b - log sum exp(y + b) + log sum exp(y), per group: the shift m cancels
+    with np.errstate(divide="ignore"):  # log 0 in a masked group, which keeps y
+        shift = np.log(e.sum(axis=-1, keepdims=True) / np.where(ok, (e * np.exp(b)).sum(axis=-1, keepdims=True), 1.0))
     out = logits.astype(np.float64, copy=True)
-    out[:, :n] = g.reshape(len(logits), n) * temperature
+    out[:, :n] = (np.where(ok, y + b + shift, y) * temperature).reshape(B, n)
     return out.astype(logits.dtype)
 
 
