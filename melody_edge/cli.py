@@ -32,6 +32,29 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary files."""
 
 
+# Signals received while a command runs. The handlers raise at once (KeyboardInterrupt, Terminated), but Python drops
+# an exception raised while a ``__del__`` or a callback runs ("Exception ignored in ..."): an endless stream then
+# stops at its next chunk all the same (``_until_signalled``).
+_SIGNALLED: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _until_signalled(chunks: Iterator[Any]) -> Iterator[Any]:
+    """``chunks``, ending with the interrupt of a signal received since the command started, however it was lost."""
+    for chunk in chunks:
+        if _SIGNALLED:
+            _raise_for(_SIGNALLED[0])
+        yield chunk
+
+
 class _WriteFailed(MelodyEdgeError):
     """Writing the result failed after the work was done (disk full, ...): a runtime error, exit 1."""
 
@@ -179,7 +202,7 @@ def _cmd_stream(a: argparse.Namespace) -> int:
                         **_kwargs(a))  # checks arguments first
     if a.steer_stdin:
         threading.Thread(target=_steer_from_stdin, args=(stream,), daemon=True).start()
-    chunks = _steered(stream, script)
+    chunks = _until_signalled(_steered(stream, script))
     if out is None:
         try:
             return _stream_to_stdout(chunks, a.raw, gen.sample_rate)
@@ -395,10 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``melody-edge`` command; returns the exit status (see the module docstring)."""
     try:
@@ -407,9 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    previous = None
+    previous: dict[int, Any] = {}
+    _SIGNALLED.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread (an app calling main()): leave signals alone
         pass
     try:
@@ -434,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(e).__name__}: {e} (run with -v for details and report it)", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
