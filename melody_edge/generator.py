@@ -121,7 +121,7 @@ MAX_KEY_CANDIDATES = 16
 # guidance on the tokens, as classifier guidance is on diffusion. 0 = off. With transposition-equivariant tokens the
 # bias acts within each base code's 12 rotations (``sampling.guide_within_groups``): it picks the transposition, the
 # LM keeps its choice of base code (texture, timbre); KEY_GUIDANCE_WITHIN_BASE = False adds it to every logit
-# (measured: the instrument family and the Frechet distance pay for it; MODEL_CARD.md, "Key guidance")
+# (measured: the instrument family and the Frechet distance pay for it; MODEL_CARD.md, "This version")
 KEY_STRENGTH = 16.0  # 5 seeds: free-form key 37.9% -> 46.7%, captions 36.0% -> 48.5%, Frechet 31.9 -> 34.8
 KEY_GUIDANCE_WITHIN_BASE = True
 MAX_KEY_STRENGTH = 20.0

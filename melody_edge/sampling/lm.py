@@ -27,7 +27,7 @@ def guide_within_groups(logits: np.ndarray, bias: np.ndarray, group: int, temper
         return logits
     B, n = len(logits), (logits.shape[-1] // group) * group
     b = np.asarray(bias, np.float64)[:n].reshape(1, -1, group)
-    y = logits[:, :n].reshape(B, -1, group) / temperature  # float64 from here (the division promotes float32 rows)
+    y = logits[:, :n].astype(np.float64).reshape(B, -1, group) / temperature
     m = y.max(axis=-1, keepdims=True)
     ok = np.isfinite(m)  # groups with no finite logit stay as they are
     e = np.exp(y - np.where(ok, m, 0.0))  # 0 for -inf members
