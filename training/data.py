@@ -6,6 +6,12 @@ loudness-normalised to a fixed RMS of -20 dBFS (0.1), scaled down further only w
 0.95. Splits are made by piece, so no piece appears in two splits.
 
 Usage: ``python -m training.data --out data/music --pieces 500 --seed 0``
+
+The rest of the corpus can be rendered later beside a dataset without changing it (its splits and test clips stay as
+they are): ``--exclude data/music`` skips the pieces it holds (``--pieces all``: every usable piece left), and
+``--merge`` joins datasets into one root of symlinks (each split the union of theirs) for the trainers:
+``python -m training.data --out data/rest --pieces all --exclude data/music`` then
+``python -m training.data --out data/full --merge data/music data/rest``.
 """
 
 from __future__ import annotations
@@ -380,9 +386,11 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
     """Write ``data_card.json`` and a human-readable ``DATA_CARD.md`` into ``out``."""
     (out / "data_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     lines = ["# Data card: music21 corpus rendered with FluidSynth", "",
-             f"Command: `{card['command']}`", "", (f"Seed {card['seed']}, soundfont `{card['soundfont']}`, "
-              f"{SAMPLE_RATE} Hz mono, {card['clip_seconds']} s clips, {card['normalisation']}."), "",
-             f"Total: {card['hours']} h in {sum(s['clips'] for s in card['splits'].values())} clips.", ""]
+             f"Command: `{card['command']}`", ""]
+    lines += [f"Merged from: {', '.join(f'`{c}`' for c in card.get('source_commands', []))}.", ""] * ("merged" in card)
+    lines += [(f"Seed {card.get('seed')}, soundfont `{card.get('soundfont')}`, {SAMPLE_RATE} Hz mono, "
+               f"{card.get('clip_seconds')} s clips, {card.get('normalisation')}."), "",
+              f"Total: {card['hours']} h in {sum(s['clips'] for s in card['splits'].values())} clips.", ""]
     sections = [("Splits", {s: f"{v['clips']} clips, {v['pieces']} pieces, {v['hours']} h"
                             for s, v in card["splits"].items()})]
     sections += [(name.replace("_", " ").capitalize(), card[name])
@@ -393,19 +401,32 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
     (out / "DATA_CARD.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def render_dataset(out: Path, pieces: int, seed: int, *, clip_seconds: float = 10.24, variants: int = 3,
+def dataset_pieces(root: Path) -> set[str]:
+    """Corpus paths of the pieces a dataset holds (a tune book's ``rel#X`` counts as its file ``rel``)."""
+    return {r["piece"].split("#", 1)[0] for s in SPLITS if (Path(root) / f"{s}.jsonl").is_file()
+            for r in load_split(root, s)}
+
+
+def render_dataset(out: Path, pieces: int | None, seed: int, *, clip_seconds: float = 10.24, variants: int = 3,
                    max_clips_per_variant: int = 2, soundfont: Path | None = None, workers: int = 2,
                    paths: Sequence[str] | None = None, valid_frac: float = 0.05, test_frac: float = 0.05,
-                   command: str | None = None) -> dict[str, Any]:
-    """Render ``pieces`` corpus pieces into a captioned clip dataset under ``out`` and return its data card.
+                   exclude: Sequence[Path] = (), command: str | None = None) -> dict[str, Any]:
+    """Render ``pieces`` corpus pieces (None: every usable one) into a captioned clip dataset under ``out`` and
+    return its data card.
 
     ``paths`` (corpus-relative, tried in order) replaces the seeded, collection-balanced order of the corpus.
+    ``exclude``: datasets whose pieces are skipped; clip ids then number on from their piece count, so that no id
+    repeats one of theirs.
     """
     sf2 = check_tools(soundfont)
     out = Path(out)
     if any((out / s).exists() or (out / f"{s}.jsonl").exists() for s in SPLITS):
         raise FileExistsError(f"{out} already holds a dataset; choose an empty --out")
-    candidates = list(paths) if paths is not None else corpus_candidates(seed)
+    held = [dataset_pieces(r) for r in exclude]
+    skip = set().union(*held)
+    candidates = [c for c in (list(paths) if paths is not None else corpus_candidates(seed)) if c not in skip]
+    offset = sum(map(len, held))
+    pieces = len(candidates) if pieces is None else pieces
     max_quarters = max_clips_per_variant * clip_seconds * BPM_RANGE[1] / 60 + 4
     chosen: list[dict[str, Any]] = []
     with Pool(workers) as pool, tqdm(total=pieces, desc="parse", unit="piece") as bar:
@@ -423,7 +444,7 @@ def render_dataset(out: Path, pieces: int, seed: int, *, clip_seconds: float = 1
         (out / s).mkdir(parents=True, exist_ok=True)
     cfg = RenderConfig(out, sf2, seed, clip_seconds, variants, max_clips_per_variant)
     splits = assign_splits(len(chosen), seed, valid_frac, test_frac)
-    tasks = [(p, i, s, cfg) for i, (p, s) in enumerate(zip(chosen, splits, strict=True))]
+    tasks = [(p, offset + i, s, cfg) for i, (p, s) in enumerate(zip(chosen, splits, strict=True))]
     with Pool(workers) as pool:
         rows = [r for rs in tqdm(pool.imap(_render_task, tasks), total=len(tasks), desc="render", unit="piece")
                 for r in rs]
@@ -431,7 +452,8 @@ def render_dataset(out: Path, pieces: int, seed: int, *, clip_seconds: float = 1
         with open(out / f"{s}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows if r["split"] == s)
     card = build_card(rows, {"command": command or f"render_dataset(pieces={pieces}, seed={seed})", "seed": seed,
-                             "pieces_requested": pieces, "soundfont": sf2.name, "sample_rate": SAMPLE_RATE,
+                             "pieces_requested": pieces, "excluded": [str(r) for r in exclude],
+                             "soundfont": sf2.name, "sample_rate": SAMPLE_RATE,
                              "clip_seconds": clip_seconds, "variants": variants,
                              "max_clips_per_variant": max_clips_per_variant,
                              "normalisation": f"RMS {TARGET_RMS} (-20 dBFS), peak capped at {PEAK_CEILING}"})
@@ -440,11 +462,70 @@ def render_dataset(out: Path, pieces: int, seed: int, *, clip_seconds: float = 1
     return card
 
 
+def merge_datasets(out: Path, roots: Sequence[Path], command: str | None = None) -> dict[str, Any]:
+    """Join datasets rendered apart (``exclude``) into ``out``: each split's clips are symlinks to theirs and its jsonl
+    the union of theirs; returns the merged data card.
+
+    Raises:
+        FileExistsError: ``out`` already holds a dataset.
+        ValueError: fewer than two roots, or two datasets share a clip id or a piece (the splits would leak).
+    """
+    out = Path(out)
+    if len(roots) < 2:
+        raise ValueError("--merge needs at least two datasets")
+    if any((out / s).exists() or (out / f"{s}.jsonl").exists() for s in SPLITS):
+        raise FileExistsError(f"{out} already holds a dataset; choose an empty --out")
+    rows: list[dict[str, Any]] = []
+    for root in map(Path, roots):
+        mine = [r for s in SPLITS if (root / f"{s}.jsonl").is_file() for r in load_split(root, s)]
+        clash = ({r["id"] for r in rows} & {r["id"] for r in mine}) or ({r["piece"] for r in rows}
+                                                                         & {r["piece"] for r in mine})
+        if clash:
+            raise ValueError(f"{root} shares {sorted(clash)[:3]} with an earlier dataset; render it with --exclude")
+        for r in mine:
+            (out / r["split"]).mkdir(parents=True, exist_ok=True)
+            (out / r["path"]).symlink_to((root / r["path"]).resolve())
+        rows += mine
+    for s in SPLITS:
+        with open(out / f"{s}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows if r["split"] == s)
+    cards = [json.loads(c.read_text()) for c in (Path(r) / "data_card.json" for r in roots) if c.is_file()]
+    settings = ("seed", "soundfont", "sample_rate", "clip_seconds", "variants", "max_clips_per_variant",
+                "normalisation")
+    differ = [k for k in settings if len({json.dumps(c.get(k)) for c in cards}) > 1]
+    if differ:
+        raise ValueError(f"the datasets were rendered with different {', '.join(differ)}; merge like with like")
+    card = build_card(rows, {"command": command or f"merge_datasets({[str(r) for r in roots]})",
+                             **{k: cards[0][k] for k in settings if cards and k in cards[0]},
+                             "merged": [str(r) for r in roots], "source_commands": [c.get("command") for c in cards]})
+    write_card(out, card)
+    log.info("merged %d clips of %d pieces from %s into %s", len(rows), len({r["piece"] for r in rows}),
+             ", ".join(map(str, roots)), out)
+    return card
+
+
+_NO_PIECES = object()
+
+
+def _pieces_arg(value: str) -> int | None:
+    """``--pieces``: a positive integer, or ``all`` (None)."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: ``python -m training.data --out DIR --pieces N --seed S``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--pieces", type=int, required=True)
+    parser.add_argument("--pieces", type=_pieces_arg, default=_NO_PIECES,
+                        help="pieces to render (an integer, or 'all': every usable piece not excluded)")
+    parser.add_argument("--exclude", type=Path, nargs="+", default=[], metavar="DATASET",
+                        help="skip the pieces these datasets hold (render the rest of the corpus beside them)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DATASET",
+                        help="join these datasets into --out (symlinks) instead of rendering")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-seconds", type=float, default=10.24)
     parser.add_argument("--variants", type=int, default=3)
@@ -454,9 +535,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     command = "python -m training.data " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    render_dataset(args.out, args.pieces, args.seed, clip_seconds=args.clip_seconds, variants=args.variants,
-                   max_clips_per_variant=args.max_clips_per_variant, soundfont=args.soundfont, workers=args.workers,
-                   command=command)
+    if args.merge is not None:
+        merge_datasets(args.out, args.merge, command=command)
+        return
+    if args.pieces is _NO_PIECES:
+        parser.error("--pieces is required to render (an integer, or 'all')")
+    render_dataset(args.out, args.pieces, args.seed, exclude=args.exclude, clip_seconds=args.clip_seconds,
+                   variants=args.variants, max_clips_per_variant=args.max_clips_per_variant, soundfont=args.soundfont,
+                   workers=args.workers, command=command)
 
 
 if __name__ == "__main__":

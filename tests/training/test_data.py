@@ -20,6 +20,7 @@ from training.data import (
     key_name,
     load_split,
     make_captions,
+    merge_datasets,
     render_dataset,
     tempo_words,
 )
@@ -102,3 +103,31 @@ def test_render_dataset_writes_clips_rows_and_card(tmp_path: Path) -> None:
     assert sum(card["keys"].values()) == len(all_rows)
     with pytest.raises(FileExistsError):
         render_dataset(tmp_path, 3, 0, paths=PIECES)
+
+
+def test_rest_of_corpus_renders_beside_a_dataset_and_merges_without_leaks(tmp_path: Path) -> None:
+    first, rest, full = tmp_path / "first", tmp_path / "rest", tmp_path / "full"
+    kw = {"clip_seconds": 2.0, "variants": 1, "max_clips_per_variant": 1, "workers": 1}
+    render_dataset(first, 3, 0, paths=PIECES, **kw)
+    more = ["essenFolksong/altdeu20.abc", "bach/bwv10.7.mxl", "ryansMammoth/AbithaMugginsFavoriteReel.abc"]
+    card = render_dataset(rest, None, 0, paths=PIECES + more, exclude=[first], **kw)  # None: every piece left
+    pieces = lambda root: {r["piece"].split("#")[0] for s in SPLITS for r in load_split(root, s)}  # noqa: E731
+    assert pieces(first) == set(PIECES) and pieces(rest) == set(more), "the excluded pieces must not render again"
+    assert card["excluded"] == [str(first)]
+    ids = [r["id"] for s in SPLITS for r in load_split(rest, s)]
+    assert all(int(i.split("_")[0]) >= len(PIECES) for i in ids), "ids number on after the excluded dataset's"
+
+    merged = merge_datasets(full, [first, rest])
+    for s in SPLITS:
+        rows = load_split(full, s)
+        assert [r["id"] for r in rows] == [r["id"] for r in load_split(first, s) + load_split(rest, s)]
+        for r in rows:
+            assert (full / r["path"]).is_symlink() and sf.info(full / r["path"]).samplerate == SAMPLE_RATE
+    assert sum(v["pieces"] for v in merged["splits"].values()) == len(PIECES + more)
+    assert (full / "DATA_CARD.md").is_file()
+    with pytest.raises(ValueError, match="--exclude"):
+        merge_datasets(tmp_path / "twice", [first, first])
+    with pytest.raises(ValueError, match="at least two"):
+        merge_datasets(tmp_path / "one", [first])
+    with pytest.raises(FileExistsError):
+        merge_datasets(full, [first, rest])
