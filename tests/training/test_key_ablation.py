@@ -21,7 +21,8 @@ def test_prepare_keeps_the_dpd_and_vae_and_sets_the_key_design(tmp_path):
     SemanticTokenizer.random(cfg.lm.vocab_size, seed=1).save(plain_tok)
     ship = MeLoDy.load(src)
     for name, flag, tok in (("rot", "--rotation", None), ("plain", "--no-rotation", plain_tok)):
-        main(["prepare", "--out", str(tmp_path / name), flag, "--source", str(src)] + (["--tokenizer", str(tok)] if tok else []))
+        extra = ["--tokenizer", str(tok)] if tok else []
+        main(["prepare", "--out", str(tmp_path / name), flag, "--source", str(src), *extra])
         m = MeLoDy.load(tmp_path / name)
         assert m.cfg.controls.key_rotation is (name == "rot")
         assert m.cfg.controls.n_keys == (2 if name == "rot" else 24)  # the LM's key input: mode, or key
