@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate a staged bundle (training/rot_lm.sh's runs/stage_rot/tiny-bundle) at the runtime defaults, the same command
 # per seed as the shipped bundle's figures in MODEL_CARD.md (training/results/eval_key_guidance.md), two seeds at a
-# time on one thread each; then pool the seeds (training.eval_seeds). Resumable: a seed whose JSON is there is skipped.
+# time on one thread each (pool them with training.eval_seeds). Resumable: a seed whose JSON is there is skipped.
 #   BUNDLE=runs/stage_rot/tiny-bundle NAME=rot SEEDS="0 1 2 3 4" bash training/eval_rot.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,11 +9,11 @@
 #   3. data/music and the rest merged into data/full, then MINUTES on data/full on THREADS threads;
 #   4. ship into STAGE and export the int8 bundle there, for training.evaluate against the shipped bundle.
 # Resumable: every step is skipped when its output is there, and training continues from its train_lm.pt.
-#   P1_MINUTES=45 MINUTES=25 THREADS=2 bash training/rot_lm.sh
+#   P1_MINUTES=40 MINUTES=35 THREADS=2 bash training/rot_lm.sh   (the shipped LM's run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P1_MINUTES=${P1_MINUTES:-45}
-MINUTES=${MINUTES:-25}
+P1_MINUTES=${P1_MINUTES:-40}
+MINUTES=${MINUTES:-35}
 THREADS=${THREADS:-2}
 STAGE=${STAGE:-runs/stage_rot}
 P0=checkpoints/rot_init
